@@ -1,0 +1,1 @@
+"""Hydra configuration of backprop-lab, installed as the package ``backprop_lab.conf``."""

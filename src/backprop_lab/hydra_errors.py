@@ -1,0 +1,115 @@
+"""Turn a bad command line into one clear line and a non-zero exit before Hydra starts a run.
+
+Hydra reports composition errors over several lines with a hint about stack traces. The entry
+points compose the config once up front with Hydra's compose API, and on failure print a single
+line that names the key and what it allows.
+"""
+
+import sys
+from collections.abc import Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+# Flags after which Hydra prints something other than a run; those are left to Hydra.
+HYDRA_INFO_FLAGS = (
+    "--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--info", "-i",
+    "--shell-completion", "-sc", "--resolve", "--package", "-p",
+)
+MULTIRUN_FLAGS = ("--multirun", "-m")
+# Hydra's own options that take a value in the next argument.
+OPTIONS_WITH_VALUE = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+                      "--experimental-rerun")
+
+
+def _overrides(args: list[str]) -> list[str]:
+    """The key=value overrides in ``args``, without Hydra's own flags and their values."""
+    overrides, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in OPTIONS_WITH_VALUE:
+            skip = True
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+    return overrides
+
+
+def _first_of_each_sweep(overrides: list[str]) -> list[str]:
+    """Overrides with every sweep (a,b or range(...)) replaced by its first value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    plain = []
+    for text, override in zip(overrides, parsed):
+        if not override.is_sweep_override():
+            plain.append(text)
+            continue
+        try:
+            first = next(iter(override.sweep_string_iterator()))
+        except (StopIteration, TypeError, ValueError):
+            continue  # an interval or other search space: the sweeper picks the values
+        plain.append(f"{override.get_key_element()}={first}")
+    return plain
+
+
+# Lines of OmegaConf's error messages that repeat what the first line says.
+NOISE_PREFIXES = ("full_key", "object_type", "reference_type", "Set the environment variable")
+
+
+def _fold(message: str) -> str:
+    """One line from a multi-line message; a tab-indented listing after "...:" becomes a, b, c."""
+    sentences, listing = [], False
+    for raw in message.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(NOISE_PREFIXES):
+            continue
+        if sentences and sentences[-1].endswith(":"):
+            sentences[-1] += " " + line
+            listing = raw.startswith("\t")
+        elif listing and raw.startswith("\t"):
+            sentences[-1] += ", " + line
+        else:
+            listing = False
+            sentences.append(line)
+    return "; ".join(sentences)
+
+
+def one_line(err: BaseException) -> str:
+    """The message of a Hydra or OmegaConf error, and of its causes, folded into one line."""
+    parts = []
+    while err is not None:
+        text = _fold(str(err))
+        if text and text not in parts:
+            parts.append(text)
+        err = err.__cause__
+    return "; ".join(parts)
+
+
+def preflight(
+    args: list[str],
+    config_module: str,
+    config_name: str,
+    check: Callable[[DictConfig], None] | None,
+    prog: str,
+) -> None:
+    """Exit with status 2 and one line on stderr if the overrides in ``args`` cannot work."""
+    if any(arg.split("=")[0] in HYDRA_INFO_FLAGS for arg in args):
+        return
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = _overrides(args)
+    try:
+        if any(arg in MULTIRUN_FLAGS for arg in args):
+            overrides = _first_of_each_sweep(overrides)
+        with initialize_config_module(config_module, version_base="1.3"):
+            cfg = compose(config_name, overrides=overrides)
+            if check is not None:
+                # Interpolations into the hydra node cannot resolve outside a run; the checks
+                # read plain values only.
+                OmegaConf.set_readonly(cfg, True)
+                check(cfg)
+    except (HydraException, OmegaConfBaseException, ValueError) as err:
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+        sys.exit(2)

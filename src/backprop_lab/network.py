@@ -1,0 +1,120 @@
+"""The two-layer sigmoid network whose gradients are computed either by autograd or by hand."""
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from backprop_lab.manual_backward import sigmoid_mlp, squared_error
+
+BACKWARDS = ("manual", "autograd")
+LOSSES = ("mse", "half_mse")
+INIT_SCHEMES = ("uniform", "normal", "glorot_uniform")
+
+# Names of the explicit initial weights, in the shape nn.Linear stores them.
+WEIGHT_NAMES = ("w_hidden", "b_hidden", "w_out", "b_out")
+
+
+class SigmoidMLP(nn.Module):
+    """Inputs -> sigmoid hidden layer -> sigmoid output; 2-2-1 by default.
+
+    ``hidden.weight`` is ``w_hidden`` (H, I) and ``output.weight`` is ``w_out`` (O, H), as in
+    ``nn.Linear``. ``backward="manual"`` routes the forward through ``SigmoidMLPFunction`` so that
+    gradients come from the hand-derived backward; ``"autograd"`` uses plain torch operations.
+    """
+
+    def __init__(
+        self,
+        n_inputs: int = 2,
+        n_hidden: int = 2,
+        n_outputs: int = 1,
+        bias: bool = True,
+        backward: str = "manual",
+    ) -> None:
+        super().__init__()
+        if backward not in BACKWARDS:
+            raise ValueError(f"backward={backward!r} is not one of {', '.join(BACKWARDS)}")
+        self.backward = backward
+        self.hidden = nn.Linear(n_inputs, n_hidden, bias=bias)
+        self.output = nn.Linear(n_hidden, n_outputs, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``y_hat`` (B, O) in (0, 1) for ``x`` (B, I)."""
+        if self.backward == "manual":
+            return sigmoid_mlp(
+                x, self.hidden.weight, self.hidden.bias, self.output.weight, self.output.bias
+            )
+        h = torch.sigmoid(F.linear(x, self.hidden.weight, self.hidden.bias))  # (B, H)
+        return torch.sigmoid(F.linear(h, self.output.weight, self.output.bias))  # (B, O)
+
+    def loss(self, y_hat: Tensor, y: Tensor, kind: str = "mse") -> Tensor:
+        """Scalar loss: ``mse`` is mean of squares, ``half_mse`` is mean of 1/2 squares."""
+        if kind not in LOSSES:
+            raise ValueError(f"loss={kind!r} is not one of {', '.join(LOSSES)}")
+        half = kind == "half_mse"
+        if self.backward == "manual":
+            return squared_error(y_hat, y, half=half)
+        mse = F.mse_loss(y_hat, y)
+        return 0.5 * mse if half else mse
+
+    def named_weights(self) -> dict[str, Tensor | None]:
+        """The tensors under their derivation names: w_hidden, b_hidden, w_out, b_out."""
+        return {
+            "w_hidden": self.hidden.weight,
+            "b_hidden": self.hidden.bias,
+            "w_out": self.output.weight,
+            "b_out": self.output.bias,
+        }
+
+    @torch.no_grad()
+    def initialize(
+        self,
+        seed: int = 0,
+        scheme: str = "uniform",
+        scale: float = 1.0,
+        weights: dict | None = None,
+    ) -> None:
+        """Set initial weights from their own seeded generator, then apply explicit values.
+
+        ``uniform`` draws from U(-scale, scale), ``normal`` from N(0, scale^2) and
+        ``glorot_uniform`` from U(-a, a) with a = scale * sqrt(6 / (fan_in + fan_out)) and zero
+        biases, as Keras' Dense layer does. The generator is private, so the weights depend on
+        ``seed`` alone and not on whatever else consumed the global random state. ``weights``
+        maps any of w_hidden, b_hidden, w_out, b_out to nested lists that replace the draw.
+        """
+        if scheme not in INIT_SCHEMES:
+            raise ValueError(f"init scheme={scheme!r} is not one of {', '.join(INIT_SCHEMES)}")
+        generator = torch.Generator().manual_seed(seed)
+        for layer in (self.hidden, self.output):
+            for tensor in (layer.weight, layer.bias):
+                if tensor is None:
+                    continue
+                draw = torch.empty(tensor.shape, dtype=torch.float64)
+                if scheme == "uniform":
+                    draw.uniform_(-scale, scale, generator=generator)
+                elif scheme == "normal":
+                    draw.normal_(0.0, scale, generator=generator)
+                elif tensor is layer.bias:
+                    draw.zero_()
+                else:
+                    fan_out, fan_in = tensor.shape
+                    limit = scale * math.sqrt(6.0 / (fan_in + fan_out))
+                    draw.uniform_(-limit, limit, generator=generator)
+                tensor.copy_(draw)
+
+        current = self.named_weights()
+        for name, value in (weights or {}).items():
+            if name not in current:
+                raise ValueError(
+                    f"init weights: unknown name {name!r}; known names: {', '.join(WEIGHT_NAMES)}"
+                )
+            if current[name] is None:
+                raise ValueError(f"init weights: {name!r} given but the network has no biases")
+            given = torch.as_tensor(value, dtype=current[name].dtype)
+            if given.shape != current[name].shape:
+                raise ValueError(
+                    f"init weights: {name} has shape {tuple(given.shape)}, "
+                    f"the network needs {tuple(current[name].shape)}"
+                )
+            current[name].copy_(given)
