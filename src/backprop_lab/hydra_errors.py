@@ -5,6 +5,7 @@ points compose the config once up front with Hydra's compose API, and on failure
 line that names the key and what it allows.
 """
 
+import itertools
 import sys
 from collections.abc import Callable
 
@@ -34,32 +35,49 @@ def _overrides(args: list[str]) -> list[str]:
     return overrides
 
 
-def _first_of_each_sweep(overrides: list[str]) -> list[str]:
-    """Overrides with every sweep (a,b or range(...)) replaced by its first value."""
+def _sweep_variants(overrides: list[str], limit: int) -> list[list[str]]:
+    """Plain override lists that together try each value of each sweep (a,b or range(...)).
+
+    The first list takes the first value of every sweep; each further list changes one sweep
+    to another of its values, up to ``limit`` values per sweep. Search spaces that only a
+    sweeper can draw from (intervals) are left out.
+    """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(overrides)
-    plain = []
+    choices = []
     for text, override in zip(overrides, parsed):
         if not override.is_sweep_override():
-            plain.append(text)
+            choices.append([text])
             continue
         try:
-            first = next(iter(override.sweep_string_iterator()))
-        except (StopIteration, TypeError, ValueError):
-            continue  # an interval or other search space: the sweeper picks the values
-        plain.append(f"{override.get_key_element()}={first}")
-    return plain
+            values = list(itertools.islice(override.sweep_string_iterator(), limit))
+        except (TypeError, ValueError):
+            values = []
+        key = override.get_key_element()
+        choices.append([f"{key}={value}" for value in values])
+    first = [options[0] for options in choices if options]
+    variants = [first]
+    for i, options in enumerate(choices):
+        for option in options[1:]:
+            variant = list(first)
+            variant[sum(1 for c in choices[:i] if c)] = option
+            variants.append(variant)
+    return variants
 
 
 # Lines of OmegaConf's error messages that repeat what the first line says.
 NOISE_PREFIXES = ("full_key", "object_type", "reference_type", "Set the environment variable")
+# Where a message stops saying anything a user of the command line needs.
+CUT_AT = "Config search path"
+# Values tried per swept key before a multirun starts; later values are checked by their job.
+SWEEP_VALUES_CHECKED = 20
 
 
 def _fold(message: str) -> str:
     """One line from a multi-line message; a tab-indented listing after "...:" becomes a, b, c."""
     sentences, listing = [], False
-    for raw in message.splitlines():
+    for raw in message.split(CUT_AT)[0].splitlines():
         line = raw.strip()
         if not line or line.startswith(NOISE_PREFIXES):
             continue
@@ -76,8 +94,17 @@ def _fold(message: str) -> str:
 
 def one_line(err: BaseException) -> str:
     """The message of a Hydra or OmegaConf error, and of its causes, folded into one line."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
     parts = []
     while err is not None:
+        parent = getattr(err, "parent_node", None)
+        if isinstance(err, (ConfigAttributeError, ConfigKeyError)) and parent is not None:
+            # An unknown key: say which keys its section has, and how to add one on purpose.
+            section = err.full_key.rpartition(".")[0] or "the config"
+            keys = ", ".join(str(k) for k in parent.keys() if not str(k).startswith("_"))
+            return (f"{err.full_key} is not a known key; keys of {section}: {keys} "
+                    f"(to add a new key, prefix it with +)")
         text = _fold(str(err))
         if text and text not in parts:
             parts.append(text)
@@ -102,14 +129,15 @@ def preflight(
     overrides = _overrides(args)
     try:
         if any(arg in MULTIRUN_FLAGS for arg in args):
-            overrides = _first_of_each_sweep(overrides)
+            variants = _sweep_variants(overrides, SWEEP_VALUES_CHECKED)
+        else:
+            variants = [overrides]
         with initialize_config_module(config_module, version_base="1.3"):
-            cfg = compose(config_name, overrides=overrides)
-            if check is not None:
-                # Interpolations into the hydra node cannot resolve outside a run; the checks
-                # read plain values only.
-                OmegaConf.set_readonly(cfg, True)
-                check(cfg)
+            for variant in variants:
+                cfg = compose(config_name, overrides=variant)
+                if check is not None:
+                    OmegaConf.set_readonly(cfg, True)
+                    check(cfg)
     except (HydraException, OmegaConfBaseException, ValueError) as err:
         print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)

@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from backprop_lab.config_checks import ConfigError, check_config
-from backprop_lab.hydra_errors import preflight
+from backprop_lab.hydra_errors import one_line, preflight
 from backprop_lab.metrics_file import write_metrics
 
 log = logging.getLogger(__name__)
@@ -168,10 +168,12 @@ def format_summary(metrics: dict) -> str:
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)
 def hydra_main(cfg: DictConfig) -> float | None:
     """The Hydra app: one run, or one job of a multirun."""
+    from hydra.errors import InstantiationException
+
     try:
         metrics = train(cfg)
-    except ConfigError as err:
-        print(f"backprop-train: error: {err}", file=sys.stderr)
+    except (ConfigError, InstantiationException) as err:
+        print(f"backprop-train: error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
     print(format_summary(metrics))
     return metrics.get("val_loss")

@@ -1,0 +1,133 @@
+"""The hand-derived backward against gradcheck, autograd and the closed form of the derivation."""
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from backprop_lab.manual_backward import sigmoid_mlp, squared_error
+
+
+def random_problem(batch: int, bias: bool, dtype=torch.float64, seed: int = 0):
+    """x (B, 2), y (B, 1) in {0, 1}, and weights of a 2-2-1 network, all requiring grad."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 2, generator=g, dtype=dtype)
+    y = torch.randint(0, 2, (batch, 1), generator=g).to(dtype)
+    params = {
+        "w_hidden": torch.randn(2, 2, generator=g, dtype=dtype),
+        "b_hidden": torch.randn(2, generator=g, dtype=dtype) if bias else None,
+        "w_out": torch.randn(1, 2, generator=g, dtype=dtype),
+        "b_out": torch.randn(1, generator=g, dtype=dtype) if bias else None,
+    }
+    x.requires_grad_(True)
+    for p in params.values():
+        if p is not None:
+            p.requires_grad_(True)
+    return x, y, params
+
+
+def autograd_loss(x, y, p, half):
+    h = torch.sigmoid(F.linear(x, p["w_hidden"], p["b_hidden"]))
+    y_hat = torch.sigmoid(F.linear(h, p["w_out"], p["b_out"]))
+    mse = F.mse_loss(y_hat, y)
+    return 0.5 * mse if half else mse
+
+
+def manual_loss(x, y, p, half):
+    y_hat = sigmoid_mlp(x, p["w_hidden"], p["b_hidden"], p["w_out"], p["b_out"])
+    return squared_error(y_hat, y, half=half)
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+@pytest.mark.parametrize("half", [False, True], ids=["mse", "half_mse"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_manual_backward_passes_gradcheck_float64(batch, half, bias):
+    x, y, p = random_problem(batch, bias, seed=batch)
+    inputs = (x, p["w_hidden"], p["b_hidden"], p["w_out"], p["b_out"])
+
+    def loss_of(x, w_hidden, b_hidden, w_out, b_out):
+        return squared_error(sigmoid_mlp(x, w_hidden, b_hidden, w_out, b_out), y, half=half)
+
+    assert torch.autograd.gradcheck(loss_of, inputs, eps=1e-6, atol=1e-7)
+    # The network's output alone, with a batch of output gradients rather than a scalar's.
+    assert torch.autograd.gradcheck(sigmoid_mlp, inputs, eps=1e-6, atol=1e-7)
+
+
+def test_loss_gradient_with_respect_to_target_passes_gradcheck():
+    g = torch.Generator().manual_seed(3)
+    y_hat = torch.rand(5, 1, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(5, 1, generator=g, dtype=torch.float64, requires_grad=True)
+    for half in (False, True):
+        assert torch.autograd.gradcheck(lambda a, b: squared_error(a, b, half), (y_hat, y))
+
+
+def grads(loss, x, p):
+    tensors = [x] + [t for t in p.values() if t is not None]
+    return torch.autograd.grad(loss, tensors)
+
+
+@pytest.mark.parametrize("half", [False, True], ids=["mse", "half_mse"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_manual_grad_matches_autograd_float64(half, bias):
+    x, y, p = random_problem(64, bias, seed=11)
+    manual = grads(manual_loss(x, y, p, half), x, p)
+    reference = grads(autograd_loss(x, y, p, half), x, p)
+    assert manual_loss(x, y, p, half).item() == pytest.approx(autograd_loss(x, y, p, half).item(),
+                                                              abs=1e-15)
+    for m, r in zip(manual, reference):
+        assert m.dtype == torch.float64
+        assert torch.allclose(m, r, rtol=0, atol=1e-12), (m - r).abs().max()
+
+
+@pytest.mark.parametrize("half", [False, True], ids=["mse", "half_mse"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_manual_grad_matches_autograd_float32(half, bias):
+    """Every parameter's gradient, element by element, within 1e-6 relative."""
+    x, y, p = random_problem(64, bias, dtype=torch.float32, seed=12)
+    x.requires_grad_(False)
+    params = [t for t in p.values() if t is not None]
+    manual = torch.autograd.grad(manual_loss(x, y, p, half), params)
+    reference = torch.autograd.grad(autograd_loss(x, y, p, half), params)
+    for m, r in zip(manual, reference):
+        assert m.dtype == torch.float32
+        assert torch.allclose(m, r, rtol=1e-6, atol=0), ((m - r).abs() / r.abs()).max()
+
+
+def test_closed_form_dl_dw1_equals_manual_gradient():
+    """dL/dw1 = (y_hat - y) y_hat (1 - y_hat) w5 h1 (1 - h1) x1 for L = 1/2 (y_hat - y)^2."""
+    w1, w2, w3, w4, w5, w6 = 0.15, 0.20, 0.25, 0.30, 0.40, 0.45
+    x1, x2, y = (torch.tensor(v, dtype=torch.float64) for v in (0.05, 0.10, 0.01))
+    w_hidden = torch.tensor([[w1, w2], [w3, w4]], dtype=torch.float64, requires_grad=True)
+    w_out = torch.tensor([[w5, w6]], dtype=torch.float64, requires_grad=True)
+    x = torch.stack([x1, x2]).reshape(1, 2)  # (B=1, I=2)
+
+    y_hat = sigmoid_mlp(x, w_hidden, None, w_out, None)
+    squared_error(y_hat, y.reshape(1, 1), half=True).backward()
+
+    def sigmoid(z):
+        return 1 / (1 + torch.exp(-z))
+
+    h1, h2 = sigmoid(w1 * x1 + w2 * x2), sigmoid(w3 * x1 + w4 * x2)
+    out = sigmoid(w5 * h1 + w6 * h2)
+    closed_form = (out - y) * out * (1 - out) * w5 * h1 * (1 - h1) * x1
+    assert y_hat.item() == pytest.approx(out.item(), abs=1e-15)
+    assert w_hidden.grad[0, 0].item() == pytest.approx(closed_form.item(), rel=1e-13)
+    assert closed_form.item() != 0.0
+
+
+def test_mse_gradient_is_twice_half_mse_gradient():
+    x, y, p = random_problem(8, bias=True, seed=5)
+    full = grads(manual_loss(x, y, p, half=False), x, p)
+    half = grads(manual_loss(x, y, p, half=True), x, p)
+    for f, h in zip(full, half):
+        assert torch.allclose(f, 2 * h, rtol=1e-14, atol=0)
+
+
+def test_parameters_that_do_not_require_grad_get_none():
+    x, y, p = random_problem(4, bias=True, seed=6)
+    x.requires_grad_(False)
+    p["b_hidden"].requires_grad_(False)
+    p["w_out"].requires_grad_(False)
+    manual_loss(x, y, p, half=False).backward()
+    assert x.grad is None and p["b_hidden"].grad is None and p["w_out"].grad is None
+    assert p["w_hidden"].grad is not None and p["b_out"].grad is not None
+    assert p["w_hidden"].grad.abs().sum() > 0

@@ -1,0 +1,121 @@
+"""Training through ``train(cfg)`` in-process, with configs composed by Hydra."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from backprop_lab.network import SigmoidMLP
+from backprop_lab.train import train
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# Groups whose every option a run must accept; hydra/ and paths/ are exercised by every run.
+GROUPS = ("model", "data", "optimizer", "trainer", "logger", "callbacks", "experiment")
+REQUIRED_METRICS = {
+    "status", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+    "epochs", "steps", "wall_seconds", "backward", "seed",
+}
+
+
+def group_options():
+    for group in GROUPS:
+        for path in sorted((CONF_DIR / group).glob("*.yaml")):
+            yield f"{group}={path.stem}"
+
+
+def test_xor_reaches_accuracy_one_in_both_modes_with_the_same_final_loss(make_cfg):
+    results = {
+        mode: train(make_cfg("experiment=xor", f"model.backward={mode}", "seed=0", run=mode))
+        for mode in ("manual", "autograd")
+    }
+    for mode, metrics in results.items():
+        assert metrics["status"] == "completed", mode
+        assert metrics["stop_reason"] == "reached target loss", mode
+        assert metrics["train_acc"] == metrics["val_acc"] == metrics["test_acc"] == 1.0, mode
+        assert metrics["test_loss"] < 0.01
+    manual, autograd = results["manual"], results["autograd"]
+    assert abs(manual["test_loss"] - autograd["test_loss"]) < 1e-5
+    assert abs(manual["train_loss"] - autograd["train_loss"]) < 1e-5
+
+
+@pytest.mark.parametrize("option", list(group_options()))
+def test_every_config_option_composes_and_trains_one_step(make_cfg, option, tmp_path):
+    if option == "trainer=gpu" and not torch.cuda.is_available():
+        pytest.skip("trainer=gpu needs a CUDA device; composition is checked below")
+    metrics = train(make_cfg(option, "trainer.max_epochs=1"))
+    assert metrics["status"] == "completed"
+    assert metrics["steps"] == 1 and metrics["epochs"] == 1
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert REQUIRED_METRICS <= set(on_disk)
+    assert on_disk["steps"] == 1
+
+
+def test_gpu_trainer_config_composes(make_cfg):
+    cfg = make_cfg("trainer=gpu")
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.devices == 1
+
+
+def test_run_directory_holds_config_logs_checkpoint_and_metrics(make_cfg, tmp_path):
+    metrics = train(make_cfg("trainer.max_epochs=5", "logger=tensorboard", "seed=4"))
+    run = tmp_path / "run"
+    assert (run / "config_resolved.yaml").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert metrics["checkpoint"] == str(run / "checkpoints" / "last.ckpt")
+    assert metrics["seed"] == 4 and metrics["backward"] == "manual"
+    assert metrics["wall_seconds"] > 0 and metrics["steps"] == 5
+
+
+def test_checkpoint_loads_in_a_plain_python_process_without_hydra(make_cfg, tmp_path):
+    metrics = train(make_cfg("trainer.max_epochs=3", "model.backward=autograd"))
+    script = (
+        "import sys, json\n"
+        "from backprop_lab.module import BackpropModule\n"
+        "m = BackpropModule.load_from_checkpoint(sys.argv[1])\n"
+        "assert 'hydra' not in sys.modules and 'omegaconf' not in sys.modules\n"
+        "print(json.dumps({'backward': m.net.backward,\n"
+        "    'w_hidden': m.net.hidden.weight.tolist(), 'lr': m.hparams.optimizer['lr']}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, metrics["checkpoint"]],
+        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert loaded["backward"] == "autograd"
+    assert loaded["w_hidden"] == metrics["weights"]["w_hidden"]
+    assert loaded["lr"] == 1.0
+
+
+def test_seed_keras_experiment_takes_one_sgd_step_of_mean_squared_error(make_cfg):
+    """Glorot weights, zero biases, MSE, SGD lr 0.1: one step equals w - 0.1 dL/dw."""
+    cfg = make_cfg("experiment=seed_keras", "trainer.max_epochs=1", "seed=5")
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum) == ("sgd", 0.1, 0.0)
+    assert (cfg.model.loss, cfg.model.init.scheme, cfg.model.bias) == ("mse", "glorot_uniform", True)
+    metrics = train(cfg)
+
+    net = SigmoidMLP(backward="autograd")
+    net.initialize(seed=5, scheme="glorot_uniform")
+    x = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    y = torch.tensor([[0.0], [1.0], [1.0], [0.0]])
+    net.loss(net(x), y, "mse").backward()
+    for name, tensor in net.named_weights().items():
+        expected = (tensor - 0.1 * tensor.grad).tolist()
+        assert torch.allclose(torch.tensor(metrics["weights"][name]), torch.tensor(expected),
+                              rtol=0, atol=1e-7), name
+
+
+def test_bias_free_network_with_explicit_weights_starts_from_w1_to_w6(make_cfg):
+    cfg = make_cfg(
+        "model.bias=false",
+        "model.init.weights={w_hidden: [[0.15, 0.2], [0.25, 0.3]], w_out: [[0.4, 0.45]]}",
+        "trainer.max_epochs=1", "optimizer.lr=1e-9", "optimizer.momentum=0",
+    )
+    metrics = train(cfg)
+    assert metrics["weights"]["b_hidden"] is None and metrics["weights"]["b_out"] is None
+    w_hidden, (w_out,) = metrics["weights"]["w_hidden"], metrics["weights"]["w_out"]
+    assert w_hidden[0] + w_hidden[1] == pytest.approx([0.15, 0.2, 0.25, 0.3], abs=1e-7)
+    assert w_out == pytest.approx([0.4, 0.45], abs=1e-7)
