@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from backprop_lab.network import SigmoidMLP
-from backprop_lab.train import train
+from backprop_lab.run import train
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # Groups whose every option a run must accept; hydra/ and paths/ are exercised by every run.

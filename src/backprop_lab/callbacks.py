@@ -1,9 +1,16 @@
-"""Lightning callbacks of backprop-lab."""
+"""Lightning callbacks of backprop-lab: final checkpoint, per-step history, gradient parity."""
 
+import csv
+import logging
+import math
+import time
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+log = logging.getLogger(__name__)
 
 
 class FinalModelCheckpoint(ModelCheckpoint):
@@ -20,3 +27,156 @@ class FinalModelCheckpoint(ModelCheckpoint):
             return
         trainer.save_checkpoint(str(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}.ckpt"),
                                 weights_only=False)
+
+
+def _write_csv(path: Path, header: tuple[str, ...], rows: list[tuple]) -> None:
+    """Write ``rows`` under ``header`` through a temporary file, so no reader sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a wall-clock reading covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class TrainingHistory(Callback):
+    """Records every training step's loss and forward and backward time.
+
+    Forward time is the network's forward and loss (timed by the LightningModule), backward time
+    is ``loss.backward()``; both in milliseconds. The rows go to ``path`` (history.csv) when
+    training ends, the per-epoch means to the loggers as ``time/forward_ms`` and
+    ``time/backward_ms``, and the means over all steps but the first (which pays for warm-up)
+    to metrics.json.
+    """
+
+    HEADER = ("step", "epoch", "loss", "forward_ms", "backward_ms")
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = Path(path) if path else None
+        self.rows: list[tuple] = []
+        self._backward_start = 0.0
+        self._backward_ms = math.nan
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.rows = []
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        _sync(pl_module.device)
+        self._backward_start = time.perf_counter()
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        _sync(pl_module.device)
+        self._backward_ms = 1e3 * (time.perf_counter() - self._backward_start)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        forward_ms = 1e3 * getattr(pl_module, "last_forward_seconds", math.nan)
+        self.rows.append((trainer.global_step - 1, trainer.current_epoch, float(loss),
+                          forward_ms, self._backward_ms))
+        pl_module.log("time/forward_ms", forward_ms, on_step=False, on_epoch=True)
+        pl_module.log("time/backward_ms", self._backward_ms, on_step=False, on_epoch=True)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.path is not None and trainer.is_global_zero:
+            _write_csv(self.path, self.HEADER, self.rows)
+
+    def metrics_summary(self) -> dict:
+        """Mean forward, backward and step time in milliseconds, for metrics.json."""
+        timed = self.rows[1:] or self.rows
+        if not timed:
+            return {"forward_ms_mean": None, "backward_ms_mean": None, "step_ms_mean": None}
+        forward = sum(r[3] for r in timed) / len(timed)
+        backward = sum(r[4] for r in timed) / len(timed)
+        return {"forward_ms_mean": forward, "backward_ms_mean": backward,
+                "step_ms_mean": forward + backward}
+
+
+def gradient_gap(manual: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+    """Largest |manual - reference| and that gap relative to the largest |reference| entry.
+
+    Scaling by the tensor's largest entry rather than entry by entry keeps gradients that are
+    nearly zero from turning float32 rounding into huge relative errors. Entries that are NaN
+    or infinite in both count as agreeing; a NaN in one only makes the gap NaN.
+    """
+    same_non_finite = (~torch.isfinite(manual)) & (manual == reference)
+    same_non_finite |= manual.isnan() & reference.isnan()
+    diff = torch.where(same_non_finite, torch.zeros_like(manual), (manual - reference).abs())
+    max_abs = float(diff.max()) if diff.numel() else 0.0
+    finite_ref = reference[torch.isfinite(reference)]
+    scale = float(finite_ref.abs().max()) if finite_ref.numel() else 0.0
+    if max_abs == 0.0:
+        return 0.0, 0.0
+    return max_abs, (max_abs / scale if scale > 0 else math.inf)
+
+
+class GradientParity(Callback):
+    """Every ``every_n_steps`` steps, computes the gradients by hand and by autograd and compares.
+
+    On the current batch and weights, before the step's update, both gradients of every
+    trainable weight are computed; the largest absolute and relative gap of each is logged as
+    ``parity/<name>_max_abs`` and ``parity/<name>_max_rel``. A relative gap above ``tolerance``
+    (or a NaN gap) stops training with one log line naming the weight, the step and the gap;
+    metrics.json then says ``parity_failed``. Rows go to ``path`` (parity.csv) when training ends.
+    """
+
+    HEADER = ("step", "param", "max_abs", "max_rel")
+
+    def __init__(self, every_n_steps: int = 50, tolerance: float = 1e-4,
+                 path: str | None = None) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps={every_n_steps} must be at least 1")
+        self.every_n_steps = every_n_steps
+        self.tolerance = tolerance
+        self.path = Path(path) if path else None
+        self.rows: list[tuple] = []
+        self.failure: dict | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.rows, self.failure = [], None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every_n_steps or self.failure is not None:
+            return
+        x, y = batch
+        net = pl_module.net
+        manual = net.gradients(x, y, pl_module.loss_name, "manual")
+        reference = net.gradients(x, y, pl_module.loss_name, "autograd")
+        for name, grad in manual.items():
+            max_abs, max_rel = gradient_gap(grad, reference[name])
+            self.rows.append((step, name, max_abs, max_rel))
+            pl_module.log(f"parity/{name}_max_abs", max_abs, on_step=True, on_epoch=False)
+            pl_module.log(f"parity/{name}_max_rel", max_rel, on_step=True, on_epoch=False)
+            if self.failure is None and not max_rel <= self.tolerance:
+                self.failure = {"param": name, "step": step, "max_abs": max_abs,
+                                "max_rel": max_rel}
+                log.error(self.failure_message())
+                trainer.should_stop = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.path is not None and trainer.is_global_zero:
+            _write_csv(self.path, self.HEADER, self.rows)
+
+    def failure_message(self) -> str:
+        f = self.failure
+        return (f"gradient parity failed at step {f['step']}: {f['param']} differs from autograd "
+                f"by {f['max_abs']:.3g} ({f['max_rel']:.3g} relative, "
+                f"tolerance {self.tolerance:.3g})")
+
+    def metrics_summary(self) -> dict:
+        """Checks made and the largest gaps per weight, for metrics.json."""
+        max_abs: dict[str, float] = {}
+        max_rel: dict[str, float] = {}
+        for _, name, gap_abs, gap_rel in self.rows:
+            max_abs[name] = max(max_abs.get(name, 0.0), gap_abs)
+            max_rel[name] = max(max_rel.get(name, 0.0), gap_rel)
+        checks = len({row[0] for row in self.rows})
+        return {"parity": {"checks": checks, "tolerance": self.tolerance, "max_abs": max_abs,
+                           "max_rel": max_rel, "failure": self.failure}}

@@ -1,5 +1,7 @@
 """LightningModule that trains ``SigmoidMLP``: loss, accuracy, optimizer and logging."""
 
+import time
+
 import lightning as L
 import torch
 from torch import Tensor
@@ -46,8 +48,14 @@ class BackpropModule(L.LightningModule):
 
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch
+        start = time.perf_counter()
         y_hat = self.net(x)
         loss = self.net.loss(y_hat, y, self.loss_name)
+        if stage == "train":
+            if loss.is_cuda:
+                torch.cuda.synchronize(loss.device)
+            # Read by the TrainingHistory callback: the network's share of the step.
+            self.last_forward_seconds = time.perf_counter() - start
 
         accuracy = getattr(self, f"{stage}_acc")
         accuracy(y_hat.detach(), y)

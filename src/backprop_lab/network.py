@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from backprop_lab.manual_backward import sigmoid_mlp, squared_error
+from backprop_lab.manual_backward import SigmoidMLPFunction, squared_error
 
 BACKWARDS = ("manual", "autograd")
 LOSSES = ("mse", "half_mse")
@@ -24,6 +24,9 @@ class SigmoidMLP(nn.Module):
     gradients come from the hand-derived backward; ``"autograd"`` uses plain torch operations.
     """
 
+    # The Function the manual mode runs; a test may put a deliberately wrong one here.
+    manual_function: type[torch.autograd.Function] = SigmoidMLPFunction
+
     def __init__(
         self,
         n_inputs: int = 2,
@@ -39,24 +42,34 @@ class SigmoidMLP(nn.Module):
         self.hidden = nn.Linear(n_inputs, n_hidden, bias=bias)
         self.output = nn.Linear(n_hidden, n_outputs, bias=bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``y_hat`` (B, O) in (0, 1) for ``x`` (B, I)."""
-        if self.backward == "manual":
-            return sigmoid_mlp(
+    def forward(self, x: Tensor, backward: str | None = None) -> Tensor:
+        """``y_hat`` (B, O) in (0, 1) for ``x`` (B, I); ``backward`` overrides the module's mode."""
+        if (backward or self.backward) == "manual":
+            y_hat, _ = self.manual_function.apply(
                 x, self.hidden.weight, self.hidden.bias, self.output.weight, self.output.bias
             )
+            return y_hat
         h = torch.sigmoid(F.linear(x, self.hidden.weight, self.hidden.bias))  # (B, H)
         return torch.sigmoid(F.linear(h, self.output.weight, self.output.bias))  # (B, O)
 
-    def loss(self, y_hat: Tensor, y: Tensor, kind: str = "mse") -> Tensor:
+    def loss(self, y_hat: Tensor, y: Tensor, kind: str = "mse", backward: str | None = None
+             ) -> Tensor:
         """Scalar loss: ``mse`` is mean of squares, ``half_mse`` is mean of 1/2 squares."""
         if kind not in LOSSES:
             raise ValueError(f"loss={kind!r} is not one of {', '.join(LOSSES)}")
         half = kind == "half_mse"
-        if self.backward == "manual":
+        if (backward or self.backward) == "manual":
             return squared_error(y_hat, y, half=half)
         mse = F.mse_loss(y_hat, y)
         return 0.5 * mse if half else mse
+
+    def gradients(self, x: Tensor, y: Tensor, kind: str, backward: str) -> dict[str, Tensor]:
+        """dL/dw for every trainable weight by the given backward, leaving ``.grad`` untouched."""
+        named = {n: t for n, t in self.named_weights().items() if t is not None and t.requires_grad}
+        with torch.enable_grad():
+            loss = self.loss(self(x, backward), y, kind, backward)
+            grads = torch.autograd.grad(loss, list(named.values()))
+        return dict(zip(named, grads))
 
     def named_weights(self) -> dict[str, Tensor | None]:
         """The tensors under their derivation names: w_hidden, b_hidden, w_out, b_out."""

@@ -1,148 +1,16 @@
-"""``backprop-train``: compose the config with Hydra, train, evaluate, write ``metrics.json``.
+"""``backprop-train``: the Hydra app that trains one run (or compares both backward modes)."""
 
-Lightning and the model are imported only once training starts, so that ``--help`` and
-``--cfg job`` answer quickly.
-"""
-
-import logging
 import sys
-import time
-import warnings
-from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from backprop_lab.config_checks import ConfigError, check_config
 from backprop_lab.hydra_errors import one_line, preflight
-from backprop_lab.metrics_file import write_metrics
-
-log = logging.getLogger(__name__)
+from backprop_lab.run import train
 
 CONFIG_MODULE = "backprop_lab.conf"
 CONFIG_NAME = "train"
-
-
-class _DropAdvert(logging.Filter):
-    """Drops Lightning's suggestion to install its cloud logger, printed on every run."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
-
-
-def _route_lightning_logs() -> None:
-    """Send Lightning's log records through Hydra's handlers (console and train.log) only.
-
-    Lightning attaches a console handler of its own on import, which would print each line
-    twice next to Hydra's.
-    """
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logger = logging.getLogger(name)
-        for handler in list(logger.handlers):
-            if isinstance(handler, logging.StreamHandler):
-                logger.removeHandler(handler)
-        logger.propagate = True
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvert())
-
-
-def _stage_metrics(stage: str, logged: dict) -> dict:
-    """``{stage}_loss`` and ``{stage}_acc`` as floats (None when not logged)."""
-    metrics = {}
-    for name in ("loss", "acc"):
-        value = logged.get(f"{stage}/{name}")
-        metrics[f"{stage}_{name}"] = None if value is None else float(value)
-    return metrics
-
-
-def _stop_reason(trainer) -> tuple[str, str]:
-    """(status, reason) from the early-stopping callback, if any, and the trainer's state."""
-    from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
-
-    stopper = trainer.early_stopping_callback
-    reason = getattr(stopper, "stopping_reason", None)
-    if reason == EarlyStoppingReason.NON_FINITE_METRIC:
-        return "diverged", stopper.stopping_reason_message or "loss is not finite"
-    if reason == EarlyStoppingReason.STOPPING_THRESHOLD:
-        return "completed", "reached target loss"
-    if trainer.interrupted:
-        return "interrupted", "interrupted"
-    return "completed", "max epochs"
-
-
-def train(cfg: DictConfig) -> dict:
-    """Fit and evaluate the model that ``cfg`` describes; return what ``metrics.json`` holds.
-
-    Writes into ``cfg.paths.output_dir``: the resolved config, logs, checkpoints and
-    ``metrics.json``. A run that fails still leaves ``metrics.json`` with status ``failed``.
-    """
-    check_config(cfg)
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
-
-    import lightning as L
-    from hydra.utils import instantiate
-
-    # One batch of four rows needs no worker processes; Lightning's advice says otherwise.
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    # Lightning 2.6 calls a torch.utils._pytree API that torch 2.13 marks deprecated.
-    warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\).*")
-    _route_lightning_logs()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-
-    metrics = {
-        "status": "failed",
-        "backward": cfg.model.backward,
-        "loss": cfg.model.loss,
-        "seed": cfg.seed,
-        "target_loss": cfg.get("target_loss"),
-        "output_dir": str(output_dir),
-    }
-    start = time.perf_counter()
-    trainer = None
-    try:
-        datamodule = instantiate(cfg.data)
-        model = instantiate(
-            cfg.model, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-            _convert_="all",
-        )
-        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-        loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-
-        trainer.fit(model, datamodule=datamodule)
-        fit_seconds = time.perf_counter() - start
-        status, reason = _stop_reason(trainer)
-        metrics.update(_stage_metrics("train", trainer.callback_metrics))
-
-        if cfg.get("evaluate", True) and status != "interrupted":
-            for stage, run in (("val", trainer.validate), ("test", trainer.test)):
-                results = run(model, datamodule=datamodule, verbose=False)[0]
-                metrics.update(_stage_metrics(stage, results))
-        metrics.update(
-            status=status,
-            stop_reason=reason,
-            epochs=trainer.current_epoch,
-            steps=trainer.global_step,
-            fit_seconds=fit_seconds,
-            weights={
-                name: None if t is None else t.detach().tolist()
-                for name, t in model.net.named_weights().items()
-            },
-        )
-        if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
-            metrics["checkpoint"] = str(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
-    except BaseException as err:
-        metrics["reason"] = f"{type(err).__name__}: {err}"
-        if trainer is not None:
-            metrics.update(epochs=trainer.current_epoch, steps=trainer.global_step)
-        if isinstance(err, (KeyboardInterrupt, SystemExit)):
-            metrics["status"] = "interrupted"
-        raise
-    finally:
-        metrics["wall_seconds"] = time.perf_counter() - start
-        write_metrics(output_dir, metrics)
-    return metrics
 
 
 def format_summary(metrics: dict) -> str:
@@ -165,12 +33,33 @@ def format_summary(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def print_comparison(summary: dict) -> None:
+    """The comparison's table, drawn by rich, and where its files are."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="manual backward vs autograd")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for name, value in summary["rows"]:
+        table.add_row(name, value)
+    console = Console()
+    console.print(table)
+    console.print(f"outputs: {summary['output_dir']}", soft_wrap=True)
+
+
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)
 def hydra_main(cfg: DictConfig) -> float | None:
     """The Hydra app: one run, or one job of a multirun."""
     from hydra.errors import InstantiationException
 
     try:
+        if cfg.get("compare"):
+            from backprop_lab.compare import compare
+
+            summary = compare(cfg)
+            print_comparison(summary)
+            return summary["max_abs_loss_gap"]
         metrics = train(cfg)
     except (ConfigError, InstantiationException) as err:
         print(f"backprop-train: error: {one_line(err)}", file=sys.stderr)

@@ -1,0 +1,156 @@
+"""One training run from a composed config: fit, evaluate, write ``metrics.json``.
+
+Lightning and the model are imported only once training starts, so that the command line
+answers ``--help`` and ``--cfg job`` quickly.
+"""
+
+import logging
+import time
+import warnings
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from backprop_lab.config_checks import check_config
+from backprop_lab.metrics_file import write_metrics
+
+log = logging.getLogger(__name__)
+
+
+class _DropAdvert(logging.Filter):
+    """Drops Lightning's suggestion to install its cloud logger, printed on every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def _route_lightning_logs() -> None:
+    """Send Lightning's log records through Hydra's handlers (console and train.log) only.
+
+    Lightning attaches a console handler of its own on import, which would print each line
+    twice next to Hydra's.
+    """
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.StreamHandler):
+                logger.removeHandler(handler)
+        logger.propagate = True
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvert())
+
+
+def _stage_metrics(stage: str, logged: dict) -> dict:
+    """``{stage}_loss`` and ``{stage}_acc`` as floats (None when not logged)."""
+    metrics = {}
+    for name in ("loss", "acc"):
+        value = logged.get(f"{stage}/{name}")
+        metrics[f"{stage}_{name}"] = None if value is None else float(value)
+    return metrics
+
+
+def _stop_reason(trainer) -> tuple[str, str]:
+    """(status, reason) from the early-stopping callback, if any, and the trainer's state."""
+    from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+
+    stopper = trainer.early_stopping_callback
+    reason = getattr(stopper, "stopping_reason", None)
+    if reason == EarlyStoppingReason.NON_FINITE_METRIC:
+        return "diverged", stopper.stopping_reason_message or "loss is not finite"
+    if reason == EarlyStoppingReason.STOPPING_THRESHOLD:
+        return "completed", "reached target loss"
+    if trainer.interrupted:
+        return "interrupted", "interrupted"
+    return "completed", "max epochs"
+
+
+def trainer_parity_message(trainer) -> str:
+    """The failure line of the trainer's GradientParity callback."""
+    from backprop_lab.callbacks import GradientParity
+
+    for callback in trainer.callbacks:
+        if isinstance(callback, GradientParity) and callback.failure is not None:
+            return callback.failure_message()
+    return "gradient parity failed"
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit and evaluate the model that ``cfg`` describes; return what ``metrics.json`` holds.
+
+    Writes into ``cfg.paths.output_dir``: the resolved config, logs, checkpoints and
+    ``metrics.json``. A run that fails still leaves ``metrics.json`` with status ``failed``.
+    """
+    check_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
+
+    import lightning as L
+    from hydra.utils import instantiate
+
+    # One batch of four rows needs no worker processes; Lightning's advice says otherwise.
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    # Lightning 2.6 calls a torch.utils._pytree API that torch 2.13 marks deprecated.
+    warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\).*")
+    _route_lightning_logs()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    metrics = {
+        "status": "failed",
+        "backward": cfg.model.backward,
+        "loss": cfg.model.loss,
+        "seed": cfg.seed,
+        "target_loss": cfg.get("target_loss"),
+        "output_dir": str(output_dir),
+    }
+    start = time.perf_counter()
+    trainer = None
+    try:
+        datamodule = instantiate(cfg.data)
+        model = instantiate(
+            cfg.model, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+            _convert_="all",
+        )
+        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+        loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+        trainer.fit(model, datamodule=datamodule)
+        fit_seconds = time.perf_counter() - start
+        status, reason = _stop_reason(trainer)
+        metrics.update(_stage_metrics("train", trainer.callback_metrics))
+        for callback in trainer.callbacks:
+            if hasattr(callback, "metrics_summary"):
+                metrics.update(callback.metrics_summary())
+        failure = (metrics.get("parity") or {}).get("failure")
+        if failure is not None:
+            status, reason = "parity_failed", trainer_parity_message(trainer)
+
+        if cfg.get("evaluate", True) and status != "interrupted":
+            for stage, run in (("val", trainer.validate), ("test", trainer.test)):
+                results = run(model, datamodule=datamodule, verbose=False)[0]
+                metrics.update(_stage_metrics(stage, results))
+        metrics.update(
+            status=status,
+            stop_reason=reason,
+            epochs=trainer.current_epoch,
+            epochs_to_target=(trainer.current_epoch if reason == "reached target loss" else None),
+            steps=trainer.global_step,
+            fit_seconds=fit_seconds,
+            weights={
+                name: None if t is None else t.detach().tolist()
+                for name, t in model.net.named_weights().items()
+            },
+        )
+        if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
+            metrics["checkpoint"] = str(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
+    except BaseException as err:
+        metrics["reason"] = f"{type(err).__name__}: {err}"
+        if trainer is not None:
+            metrics.update(epochs=trainer.current_epoch, steps=trainer.global_step)
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+            metrics["status"] = "interrupted"
+        raise
+    finally:
+        metrics["wall_seconds"] = time.perf_counter() - start
+        write_metrics(output_dir, metrics)
+    return metrics
