@@ -119,3 +119,13 @@ def test_bias_free_network_with_explicit_weights_starts_from_w1_to_w6(make_cfg):
     w_hidden, (w_out,) = metrics["weights"]["w_hidden"], metrics["weights"]["w_out"]
     assert w_hidden[0] + w_hidden[1] == pytest.approx([0.15, 0.2, 0.25, 0.3], abs=1e-7)
     assert w_out == pytest.approx([0.4, 0.45], abs=1e-7)
+
+
+def test_single_run_draws_its_pictures_as_png(make_cfg, tmp_path):
+    metrics = train(make_cfg("plots=true", "trainer.max_epochs=10", "callbacks.parity.every_n_steps=2"))
+    names = sorted(Path(p).name for p in metrics["pictures"])
+    assert names == ["decision_boundary.png", "gradient_difference.png",
+                     "hidden_activations.png", "loss_curve.png"]
+    for name in names:
+        data = (tmp_path / "run" / "pictures" / name).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000

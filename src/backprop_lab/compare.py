@@ -115,7 +115,7 @@ def compare(cfg: DictConfig) -> dict:
 
     summary = summarize(runs, losses)
     summary["output_dir"] = str(output_dir)
-    summary["pictures"] = draw_pictures(output_dir, losses)
+    summary["pictures"] = draw_pictures(output_dir, losses) if cfg.get("plots", True) else []
     rows = comparison_rows(summary)
     (output_dir / "comparison.md").write_text(
         "# Manual backward against autograd\n\n" + to_markdown(rows)

@@ -73,6 +73,30 @@ def trainer_parity_message(trainer) -> str:
     return "gradient parity failed"
 
 
+def _draw_pictures(output_dir: Path, metrics: dict, datamodule, trainer) -> list[str]:
+    """Decision boundary, hidden-unit maps, loss curve and gradient gaps of a finished run."""
+    from backprop_lab import plots
+    from backprop_lab.callbacks import GradientParity, TrainingHistory
+
+    x, y = (t.cpu().numpy() for t in datamodule.dataset.tensors)
+    weights = metrics["weights"]
+    folder = output_dir / "pictures"
+    paths = [
+        plots.decision_boundary(weights, x, y, folder / "decision_boundary.png"),
+        plots.hidden_activations(weights, folder / "hidden_activations.png", x, y),
+    ]
+    for callback in trainer.callbacks:
+        if isinstance(callback, TrainingHistory) and callback.rows:
+            steps, losses = zip(*((row[0], row[2]) for row in callback.rows))
+            label = metrics["backward"]
+            paths.append(plots.loss_curves({label: [(steps, losses)]},
+                                           folder / "loss_curve.png"))
+        if isinstance(callback, GradientParity) and callback.rows:
+            rows = [dict(zip(callback.HEADER, row)) for row in callback.rows]
+            paths.append(plots.gradient_difference(rows, folder / "gradient_difference.png"))
+    return [str(p) for p in paths]
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit and evaluate the model that ``cfg`` describes; return what ``metrics.json`` holds.
 
@@ -141,6 +165,8 @@ def train(cfg: DictConfig) -> dict:
                 for name, t in model.net.named_weights().items()
             },
         )
+        if cfg.get("plots", True):
+            metrics["pictures"] = _draw_pictures(output_dir, metrics, datamodule, trainer)
         if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
             metrics["checkpoint"] = str(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
     except BaseException as err:
