@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from backprop_lab.hydra_errors import preflight
-from backprop_lab.config_checks import check_config
+from backprop_lab.run import validate
 from backprop_lab.train import CONFIG_MODULE, CONFIG_NAME
 
 SCRIPT = Path(sys.executable).with_name("backprop-train")
@@ -46,20 +47,37 @@ def test_module_entry_point_rejects_a_bad_value_in_one_line(tmp_path):
     "args, expected",
     [
         (["model.backward=foo"], "model.backward='foo' is not allowed; choose one of: manual"),
-        (["optimizer.lr=-0.5"], "optimizer.lr=-0.5 is not allowed; it must be a number above 0"),
+        (["optimizer.lr=-0.5"], "optimizer.lr=-0.5 is not allowed; it must be a finite number above 0"),
         (["optimizer.lr=0"], "optimizer.lr=0 is not allowed"),
         (["model.loss=l1"], "model.loss='l1' is not allowed; choose one of: mse, half_mse"),
         (["model.foo=1"], "model.foo is not a known key; keys of model: n_inputs"),
         (["trainer=tpu"], "Could not find 'trainer/tpu'; Available options in 'trainer': auto"),
-        (["model.n_hidden=0"], "model.n_hidden=0 is not allowed; it must be an integer >= 1"),
+        (["model.n_hidden=0"], "model.n_hidden=0 is not allowed; it must be an integer between 1 and 10000"),
         (["seed=-3"], "seed=-3 is not allowed"),
         (["-m", "model.backward=manual,autograd,fast"], "model.backward='fast' is not allowed"),
         (["-m", "seed=0,1", "optimizer.lr=0.1,-1"], "optimizer.lr=-1 is not allowed"),
+        (["optimizer.lr=inf"], "optimizer.lr=inf is not allowed"),
+        (["optimizer.momentum=1.5"], "optimizer.momentum=1.5 is not allowed; it must be a number"),
+        (["optimizer=adam", "optimizer.betas=[2,3]"], "Invalid beta parameter at index 0: 2"),
+        (["model.n_inputs=3"], "model.n_inputs=3 does not match the data, which has 2 input"),
+        (["model.init.weights={w_hidden: [[1, 2, 3]]}"],
+         "init weights: w_hidden has shape (1, 3), the network needs (2, 2)"),
+        (["model.init.weights={w_out: [[nan, 1]]}"], "w_out=[[nan, 1]] holds NaN or infinite"),
+        (["model.bias=false", "model.init.weights={b_out: [0.5]}"],
+         "init weights: 'b_out' given but the network has no biases"),
+        (["model.init.seed=abc"], "model.init.seed='abc' is not allowed; it must be an integer"),
+        (["target_loss=-1"], "target_loss=-1 is not allowed"),
+        (["evaluate=maybe"], "evaluate='maybe' is not allowed; use true or false"),
+        (["trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch=0 is not"),
+        (["trainer.min_epochs=10", "trainer.max_epochs=3"], "must not exceed trainer.max_epochs"),
+        (["model.n_hidden=100000000"], "model.n_hidden=100000000 is not allowed"),
+        (["+model.foo=1"], "unexpected keyword argument 'foo'"),
+        (["-m", "model.init.seed=0,abc"], "model.init.seed='abc' is not allowed"),
     ],
 )
 def test_bad_override_exits_2_with_one_line_naming_the_key(args, expected, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        preflight(args, CONFIG_MODULE, CONFIG_NAME, check_config, prog="backprop-train")
+        preflight(args, CONFIG_MODULE, CONFIG_NAME, validate, prog="backprop-train")
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1
@@ -67,9 +85,25 @@ def test_bad_override_exits_2_with_one_line_naming_the_key(args, expected, capsy
     assert expected in lines[0]
 
 
+def test_log_dir_that_is_a_file_is_refused(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(SystemExit):
+        preflight([f"paths.log_dir={a_file / 'logs'}"], CONFIG_MODULE, CONFIG_NAME, validate,
+                  prog="backprop-train")
+    assert f"{a_file} is a file, not a directory" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a CPU-only machine")
+def test_gpu_trainer_without_cuda_is_refused_in_one_line(capsys):
+    with pytest.raises(SystemExit):
+        preflight(["trainer=gpu"], CONFIG_MODULE, CONFIG_NAME, validate, prog="backprop-train")
+    assert "needs a CUDA device and none is visible" in capsys.readouterr().err
+
+
 def test_good_overrides_and_sweeps_pass_the_preflight(capsys):
     for args in (["model.backward=autograd", "optimizer=adam"],
                  ["-m", "model.backward=manual,autograd", "seed=range(3)"],
                  ["--help"]):
-        preflight(args, CONFIG_MODULE, CONFIG_NAME, check_config, prog="backprop-train")
+        preflight(args, CONFIG_MODULE, CONFIG_NAME, validate, prog="backprop-train")
     assert capsys.readouterr().err == ""

@@ -131,3 +131,8 @@ def test_parameters_that_do_not_require_grad_get_none():
     assert x.grad is None and p["b_hidden"].grad is None and p["w_out"].grad is None
     assert p["w_hidden"].grad is not None and p["b_out"].grad is not None
     assert p["w_hidden"].grad.abs().sum() > 0
+
+
+def test_loss_refuses_targets_whose_shape_would_broadcast():
+    with pytest.raises(ValueError, match=r"y_hat has shape \(4, 1\) but y has \(4,\)"):
+        squared_error(torch.zeros(4, 1), torch.zeros(4))

@@ -1,52 +1,84 @@
-"""Checks of a composed config that fail before any training starts, with one clear message."""
+"""Checks of a composed config's values that fail before any training starts, in one line.
 
+These read values only; ``backprop_lab.run.validate`` adds the checks that need the objects
+built (explicit weights, optimizer settings that torch refuses, data against model widths).
+"""
+
+import math
+import os
 from numbers import Integral, Real
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from backprop_lab.network import BACKWARDS, INIT_SCHEMES, LOSSES
 from backprop_lab.optimizers import check_optimizer_settings
 
+# Seeds go to numpy as well as torch, and numpy takes 32-bit seeds only.
+MAX_SEED = 2**32 - 1
+# Wider layers are not what this project is for, and a typo such as 100000000 would hang.
+MAX_WIDTH = 10_000
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key and what is allowed."""
 
 
+def _value(cfg: DictConfig, key: str):
+    return OmegaConf.select(cfg, key, throw_on_missing=False)
+
+
 def _choice(cfg: DictConfig, key: str, allowed) -> None:
-    value = OmegaConf.select(cfg, key)
+    value = _value(cfg, key)
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
 
 
-def _positive_int(cfg: DictConfig, key: str, allow_none: bool = False) -> None:
-    value = OmegaConf.select(cfg, key)
+def _boolean(cfg: DictConfig, key: str) -> None:
+    value = _value(cfg, key)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} is not allowed; use true or false")
+
+
+def _integer(cfg: DictConfig, key: str, low: int, high: int | None = None,
+             allow_none: bool = False) -> None:
+    value = _value(cfg, key)
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < low or (
+            high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
         extra = " or null" if allow_none else ""
-        raise ConfigError(f"{key}={value!r} is not allowed; it must be an integer >= 1{extra}")
+        raise ConfigError(f"{key}={value!r} is not allowed; it must be an integer {bound}{extra}")
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first value in ``cfg`` that training cannot use."""
+def _number(cfg: DictConfig, key: str, low: float, inclusive: bool = True,
+            allow_none: bool = False) -> None:
+    value = _value(cfg, key)
+    if value is None and allow_none:
+        return
+    ok = (not isinstance(value, bool) and isinstance(value, Real) and math.isfinite(value)
+          and (value >= low if inclusive else value > low))
+    if not ok:
+        bound = f">= {low}" if inclusive else f"above {low}"
+        extra = " or null" if allow_none else ""
+        raise ConfigError(f"{key}={value!r} is not allowed; it must be a finite number {bound}"
+                          f"{extra}")
+
+
+def _check_model(cfg: DictConfig) -> None:
     _choice(cfg, "model.backward", BACKWARDS)
     _choice(cfg, "model.loss", LOSSES)
     _choice(cfg, "model.init.scheme", INIT_SCHEMES)
     for key in ("model.n_inputs", "model.n_hidden", "model.n_outputs"):
-        _positive_int(cfg, key)
-    if not isinstance(cfg.model.bias, bool):
-        raise ConfigError(f"model.bias={cfg.model.bias!r} is not allowed; use true or false")
-    scale = cfg.model.init.scale
-    if isinstance(scale, bool) or not isinstance(scale, Real) or not scale > 0:
-        raise ConfigError(f"model.init.scale={scale!r} is not allowed; it must be above 0")
+        _integer(cfg, key, 1, MAX_WIDTH)
+    _boolean(cfg, "model.bias")
+    _number(cfg, "model.init.scale", 0.0, inclusive=False)
+    _integer(cfg, "model.init.seed", 0, MAX_SEED)
 
-    seed = cfg.seed
-    if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
-        raise ConfigError(f"seed={seed!r} is not allowed; it must be an integer >= 0")
-    target = cfg.get("target_loss")
-    if target is not None and (isinstance(target, bool) or not isinstance(target, Real)):
-        raise ConfigError(f"target_loss={target!r} is not allowed; it must be a number or null")
 
+def _check_optimizer(cfg: DictConfig) -> None:
     settings = OmegaConf.to_container(cfg.optimizer, resolve=True)
     name = settings.pop("name", None)
     try:
@@ -54,7 +86,51 @@ def check_config(cfg: DictConfig) -> None:
     except ValueError as err:
         raise ConfigError(str(err)) from None
 
-    _positive_int(cfg, "data.batch_size", allow_none=True)
-    max_epochs = cfg.trainer.get("max_epochs")
-    if max_epochs != -1:
-        _positive_int(cfg, "trainer.max_epochs")
+
+def _check_trainer(cfg: DictConfig) -> None:
+    if _value(cfg, "trainer.max_epochs") != -1:
+        _integer(cfg, "trainer.max_epochs", 1)
+    _integer(cfg, "trainer.min_epochs", 0, allow_none=True)
+    max_epochs, min_epochs = _value(cfg, "trainer.max_epochs"), _value(cfg, "trainer.min_epochs")
+    if min_epochs is not None and max_epochs != -1 and min_epochs > max_epochs:
+        raise ConfigError(f"trainer.min_epochs={min_epochs} is not allowed; it must not exceed "
+                          f"trainer.max_epochs={max_epochs}")
+    _integer(cfg, "trainer.check_val_every_n_epoch", 1, allow_none=True)
+    _boolean(cfg, "trainer.deterministic")
+    _choice(cfg, "trainer.accelerator", ACCELERATORS)
+    devices = _value(cfg, "trainer.devices")
+    if devices != "auto":
+        _integer(cfg, "trainer.devices", 1)
+    if _value(cfg, "trainer.accelerator") in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.accelerator={_value(cfg, 'trainer.accelerator')} needs a "
+                              "CUDA device and none is visible; use trainer=cpu or trainer=auto")
+
+
+def _check_log_dir(cfg: DictConfig) -> None:
+    """paths.log_dir must be, or be creatable as, a writable directory."""
+    log_dir = _value(cfg, "paths.log_dir")
+    if not isinstance(log_dir, str) or not log_dir:
+        raise ConfigError(f"paths.log_dir={log_dir!r} is not allowed; give a directory path")
+    existing = Path(log_dir).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"paths.log_dir={log_dir}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"paths.log_dir={log_dir}: {existing} is not writable")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first value in ``cfg`` that training cannot use."""
+    _check_model(cfg)
+    _integer(cfg, "seed", 0, MAX_SEED)
+    _number(cfg, "target_loss", 0.0, allow_none=True)
+    for key in ("evaluate", "plots", "compare"):
+        _boolean(cfg, key)
+    _check_optimizer(cfg)
+    _integer(cfg, "data.batch_size", 1, allow_none=True)
+    _check_trainer(cfg)
+    _check_log_dir(cfg)

@@ -15,6 +15,9 @@ class XORDataModule(L.LightningDataModule):
     validation and test then measure the trained function, not generalisation.
     """
 
+    n_features = 2
+    n_targets = 1
+
     def __init__(self, batch_size: int | None = None) -> None:
         super().__init__()
         self.batch_size = batch_size

@@ -105,6 +105,10 @@ def one_line(err: BaseException) -> str:
             keys = ", ".join(str(k) for k in parent.keys() if not str(k).startswith("_"))
             return (f"{err.full_key} is not a known key; keys of {section}: {keys} "
                     f"(to add a new key, prefix it with +)")
+        if type(err).__name__ == "InstantiationException" and err.__cause__ is not None:
+            # Its own text repeats the cause's with the target's import path around it.
+            err = err.__cause__
+            continue
         text = _fold(str(err))
         if text and text not in parts:
             parts.append(text)

@@ -83,6 +83,9 @@ class SquaredErrorFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(y_hat, y, half):
+        if y_hat.shape != y.shape:
+            # Broadcasting (B, 1) against (B,) would silently average a (B, B) table.
+            raise ValueError(f"y_hat has shape {tuple(y_hat.shape)} but y has {tuple(y.shape)}")
         error = y_hat - y
         scale = 0.5 if half else 1.0
         return scale * (error * error).mean()

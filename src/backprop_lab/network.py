@@ -116,6 +116,9 @@ class SigmoidMLP(nn.Module):
                     draw.uniform_(-limit, limit, generator=generator)
                 tensor.copy_(draw)
 
+        if weights is not None and not isinstance(weights, dict):
+            raise ValueError(f"init weights={weights!r} must map names ({', '.join(WEIGHT_NAMES)})"
+                             " to nested lists of numbers")
         current = self.named_weights()
         for name, value in (weights or {}).items():
             if name not in current:
@@ -124,10 +127,16 @@ class SigmoidMLP(nn.Module):
                 )
             if current[name] is None:
                 raise ValueError(f"init weights: {name!r} given but the network has no biases")
-            given = torch.as_tensor(value, dtype=current[name].dtype)
-            if given.shape != current[name].shape:
+            shape = tuple(current[name].shape)
+            try:
+                given = torch.as_tensor(value, dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(f"init weights: {name}={value!r} is not a nested list of numbers "
+                                 f"of shape {shape}") from None
+            if tuple(given.shape) != shape:
                 raise ValueError(
-                    f"init weights: {name} has shape {tuple(given.shape)}, "
-                    f"the network needs {tuple(current[name].shape)}"
+                    f"init weights: {name} has shape {tuple(given.shape)}, the network needs {shape}"
                 )
+            if not torch.isfinite(given).all():
+                raise ValueError(f"init weights: {name}={value!r} holds NaN or infinite values")
             current[name].copy_(given)

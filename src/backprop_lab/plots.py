@@ -1,9 +1,10 @@
 """Pictures of runs, for people: loss curves, what the network computes, gradient differences.
 
-Every function draws one PNG of a fixed pixel size (stated in its docstring) and returns its
-path. Figures are built on matplotlib's Agg canvas directly, without pyplot, so drawing never
-opens a window nor changes the backend of the calling process. The maps of the input plane
-follow TensorFlow Playground: orange for output 0, blue for output 1.
+Every function draws one PNG of a fixed pixel size (stated in its docstring) and returns
+its path. Figures are built on matplotlib's Agg canvas directly, without pyplot, so drawing
+never opens a window nor changes the backend of the calling process. torch is imported only
+by the pictures that run the network, so a report without them starts quickly. The maps of
+the input plane follow TensorFlow Playground: orange for output 0, blue for output 1.
 """
 
 import logging
@@ -13,12 +14,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
-
-from backprop_lab.network import SigmoidMLP
+from matplotlib.ticker import FuncFormatter
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +30,7 @@ ORANGE, BLUE = "#f59322", "#0877bd"
 PLANE_CMAP = LinearSegmentedColormap.from_list("playground", [ORANGE, "#f7f7f7", BLUE])
 MARGIN = 0.5  # of the input plane drawn around the data, in input units
 GRID_POINTS = 121  # per axis of the input plane
+LINE_STYLES = ("-", "--", ":", "-.")
 
 
 def _figure(inches: tuple[float, float]) -> Figure:
@@ -48,20 +48,26 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     return path
 
 
-def _network(weights: Mapping) -> SigmoidMLP:
+def _network(weights: Mapping):
     """A SigmoidMLP holding ``weights`` (as in metrics.json), its shape read from them."""
+    # Imported here: torch takes seconds to import and the report's pictures do not need it.
+    from backprop_lab.network import SigmoidMLP
+
     w_hidden, w_out = weights["w_hidden"], weights["w_out"]
     bias = weights.get("b_hidden") is not None
     net = SigmoidMLP(
         n_inputs=len(w_hidden[0]), n_hidden=len(w_hidden), n_outputs=len(w_out),
         bias=bias, backward="autograd",
     )
-    net.initialize(weights={k: v for k, v in weights.items() if v is not None})
+    # metrics.json writes non-finite numbers as strings ("nan"); numpy reads them back.
+    net.initialize(weights={
+        k: np.asarray(v, dtype=float).tolist() for k, v in weights.items() if v is not None
+    })
     return net.eval()
 
 
 def _plane(x: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Grid coordinates (G, G) each over the data's bounding box plus MARGIN; [0, 1]^2 if no data."""
+    """Grid coordinates, each (G, G), over the data's box plus MARGIN; [0, 1]^2 without data."""
     if x is None or len(x) == 0:
         low, high = np.zeros(2), np.ones(2)
     else:
@@ -72,8 +78,30 @@ def _plane(x: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def _grid_inputs(gx: np.ndarray, gy: np.ndarray) -> torch.Tensor:
-    return torch.tensor(np.stack([gx.ravel(), gy.ravel()], axis=1), dtype=torch.float32)  # (G*G, 2)
+def _grid_inputs(gx: np.ndarray, gy: np.ndarray):
+    import torch
+
+    points = np.stack([gx.ravel(), gy.ravel()], axis=1)  # (G*G, 2)
+    return torch.tensor(points, dtype=torch.float32)
+
+
+def _legend_below(fig: Figure, ax) -> None:
+    """The legend under the axes, where it cannot hide a line however the data fall."""
+    handles, labels = ax.get_legend_handles_labels()
+    # As many columns as labels of this length fit across the figure at font size 9.
+    ncols = max(1, min(len(labels), 100 // (max(map(len, labels)) + 8)))
+    fig.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize=9,
+               frameon=False)
+
+
+def _readable_log_axis(ax) -> None:
+    """Plain numbers on a log y axis spanning under a decade, where matplotlib's defaults
+    print every minor tick in scientific notation."""
+    low, high = ax.get_ylim()
+    if high < 10 * low:
+        plain = FuncFormatter(lambda value, _: f"{value:.4g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
 
 
 def _scatter_data(ax, x: np.ndarray | None, y: np.ndarray | None, legend: bool) -> None:
@@ -107,9 +135,10 @@ def loss_curves(
     """
     fig = _figure(WIDE_INCHES)
     ax = fig.add_subplot()
-    colours = [f"C{i % 10}" for i in range(len(curves))]
     drawn = False
-    for (label, series), colour in zip(curves.items(), colours):
+    for i, (label, series) in enumerate(curves.items()):
+        # Line styles differ too: identical runs (manual vs autograd) must not hide each other.
+        colour, style = f"C{i % 10}", LINE_STYLES[i % len(LINE_STYLES)]
         clean = []
         for steps, losses in series:
             steps, losses = np.asarray(steps, float), np.asarray(losses, float)
@@ -120,7 +149,7 @@ def loss_curves(
             continue
         drawn = True
         if len(clean) == 1:
-            ax.plot(*clean[0], color=colour, linewidth=2, label=label)
+            ax.plot(*clean[0], color=colour, linestyle=style, linewidth=2, label=label)
             continue
         for steps, losses in clean:
             ax.plot(steps, losses, color=colour, linewidth=0.8, alpha=0.25)
@@ -129,16 +158,17 @@ def loss_curves(
         # last loss" rule of the docstring.
         stacked = np.stack([np.interp(grid, steps, losses) for steps, losses in clean])
         ax.plot(
-            grid, np.median(stacked, axis=0), color=colour, linewidth=2.5,
+            grid, np.median(stacked, axis=0), color=colour, linestyle=style, linewidth=2.5,
             label=f"{label} (median of {len(clean)})",
         )
     ax.set_yscale("log")
+    _readable_log_axis(ax)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.set_title(title or "Training loss")
     ax.grid(True, which="major", alpha=0.3)
     if drawn:
-        ax.legend(fontsize=9)
+        _legend_below(fig, ax)
     else:
         ax.text(0.5, 0.5, "no loss history", ha="center", va="center", transform=ax.transAxes)
     return _save(fig, path)
@@ -158,6 +188,8 @@ def decision_boundary(
     the y_hat = 0.5 contour in black and the points coloured by class. With several outputs
     only the first is drawn.
     """
+    import torch
+
     x = np.asarray(x, dtype=float)
     net = _network(weights)
     gx, gy = _plane(x)
@@ -167,7 +199,10 @@ def decision_boundary(
     fig = _figure(MAP_INCHES)
     ax = fig.add_subplot()
     filled = ax.contourf(gx, gy, y_hat, levels=np.linspace(0, 1, 21), cmap=PLANE_CMAP)
-    if y_hat.min() < 0.5 < y_hat.max():
+    if not np.isfinite(y_hat).any():
+        ax.text(0.5, 0.5, "y_hat is not finite (diverged weights?)", ha="center",
+                va="center", transform=ax.transAxes)
+    elif np.nanmin(y_hat) < 0.5 < np.nanmax(y_hat):
         ax.contour(gx, gy, y_hat, levels=[0.5], colors="black", linewidths=1.5)
     _scatter_data(ax, x, y, legend=True)
     fig.colorbar(filled, ax=ax, label="y_hat", ticks=np.linspace(0, 1, 6))
@@ -196,6 +231,8 @@ def hidden_activations(
     (h = 1) on every tile; the data points are drawn when ``x`` (N, 2) is given, by class
     when ``y`` is given too.
     """
+    import torch
+
     x = None if x is None else np.asarray(x, dtype=float)
     net = _network(weights)
     gx, gy = _plane(x)
@@ -258,21 +295,21 @@ def gradient_difference(
         diffs = np.array([by_step[s] for s in steps])
         zero = diffs <= 0
         colour = f"C{i % 10}"
-        ax.plot(steps, np.where(zero, floor, diffs), color=colour, linewidth=1.2,
-                marker="o", markersize=3, label=param)
-        if zero.any():
-            ax.scatter(steps[zero], np.full(zero.sum(), floor), s=25, facecolors="none",
-                       edgecolors=colour, zorder=3)
+        ax.plot(steps, np.where(zero, floor, diffs), color=colour, linewidth=1.2, label=param)
+        ax.scatter(steps[~zero], diffs[~zero], s=12, color=colour, zorder=3)
+        ax.scatter(steps[zero], np.full(zero.sum(), floor), s=30, facecolors="white",
+                   edgecolors=colour, zorder=3)
     if tolerance is not None:
         ax.axhline(tolerance, color="black", linestyle="--", linewidth=1,
                    label=f"tolerance {tolerance:g}")
     ax.set_yscale("log")
+    _readable_log_axis(ax)
     ax.set_xlabel("step")
     ax.set_ylabel("max |manual - autograd| of the gradient")
     ax.set_title(f"Manual backward against autograd (exact zeros drawn at {floor:.0e})")
     ax.grid(True, which="major", alpha=0.3)
     if worst:
-        ax.legend(fontsize=9, loc="best")
+        _legend_below(fig, ax)
     else:
         ax.text(0.5, 0.5, "no parity checks", ha="center", va="center", transform=ax.transAxes)
     return _save(fig, path)
@@ -305,7 +342,8 @@ def convergence_histogram(
             total = len(values_by_label[label])
             ax.hist(values, bins=bins, color=f"C{i % 10}", alpha=0.5, edgecolor="black",
                     linewidth=0.6, label=f"{label} ({len(values)}/{total} reached)")
-        ax.legend(fontsize=9)
+        ax.margins(y=0.1)
+        _legend_below(fig, ax)
     else:
         ax.text(0.5, 0.5, "no run reached the target loss", ha="center", va="center",
                 transform=ax.transAxes)

@@ -5,23 +5,24 @@ answers ``--help`` and ``--cfg job`` quickly.
 """
 
 import logging
+import math
 import time
 import warnings
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from backprop_lab.config_checks import check_config
+from backprop_lab.config_checks import ConfigError, check_config
 from backprop_lab.metrics_file import write_metrics
 
 log = logging.getLogger(__name__)
 
 
 class _DropAdvert(logging.Filter):
-    """Drops Lightning's suggestion to install its cloud logger, printed on every run."""
+    """Drops Lightning's tips to install its cloud products, printed on every run."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
+        return not record.getMessage().startswith("💡")
 
 
 def _route_lightning_logs() -> None:
@@ -48,14 +49,29 @@ def _stage_metrics(stage: str, logged: dict) -> dict:
     return metrics
 
 
-def _stop_reason(trainer) -> tuple[str, str]:
+def _divergence_message(trainer, lr) -> str:
+    """One line: the step whose loss was not finite, the last finite loss, the learning rate."""
+    from backprop_lab.callbacks import TrainingHistory
+
+    rows = next((c.rows for c in trainer.callbacks if isinstance(c, TrainingHistory)), [])
+    bad = next((row for row in rows if not math.isfinite(row[2])), None)
+    finite = [row[2] for row in rows if math.isfinite(row[2])]
+    where = f"at step {bad[0]}" if bad else f"by epoch {trainer.current_epoch}"
+    last = f"{finite[-1]:.6g}" if finite else "none"
+    return f"diverged: the loss became {bad[2] if bad else 'non-finite'} {where}; " \
+           f"last finite loss {last}; learning rate {lr}"
+
+
+def _stop_reason(trainer, lr) -> tuple[str, str]:
     """(status, reason) from the early-stopping callback, if any, and the trainer's state."""
     from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
     stopper = trainer.early_stopping_callback
     reason = getattr(stopper, "stopping_reason", None)
     if reason == EarlyStoppingReason.NON_FINITE_METRIC:
-        return "diverged", stopper.stopping_reason_message or "loss is not finite"
+        message = _divergence_message(trainer, lr)
+        log.error(message)
+        return "diverged", message
     if reason == EarlyStoppingReason.STOPPING_THRESHOLD:
         return "completed", "reached target loss"
     if trainer.interrupted:
@@ -97,13 +113,71 @@ def _draw_pictures(output_dir: Path, metrics: dict, datamodule, trainer) -> list
     return [str(p) for p in paths]
 
 
+def _checkpoint_path(trainer) -> str | None:
+    """The final checkpoint written by the run, if any."""
+    callback = trainer.checkpoint_callback
+    if callback is None:
+        return None
+    last = Path(callback.dirpath or "") / "last.ckpt"
+    if callback.dirpath and last.is_file():
+        return str(last)
+    return callback.best_model_path or None
+
+
+def _weights(model) -> dict:
+    """The network's weights as nested lists (None for an absent bias)."""
+    return {name: None if t is None else t.detach().tolist()
+            for name, t in model.net.named_weights().items()}
+
+
+def build(cfg: DictConfig):
+    """The datamodule and the LightningModule that ``cfg`` describes, checked against each other.
+
+    Builds the optimizer once as well, so that settings torch refuses fail here, not mid-run.
+    """
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(cfg.data)
+    model = instantiate(
+        cfg.model, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        _convert_="all",
+    )
+    model.configure_optimizers()
+    n_features, n_targets = datamodule.n_features, datamodule.n_targets
+    if model.hparams.n_inputs != n_features:
+        raise ConfigError(f"model.n_inputs={model.hparams.n_inputs} does not match the data, "
+                          f"which has {n_features} input columns")
+    if model.hparams.n_outputs != n_targets:
+        raise ConfigError(f"model.n_outputs={model.hparams.n_outputs} does not match the data, "
+                          f"which has {n_targets} target columns")
+    return datamodule, model
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError, with one line naming the problem, for a config that cannot train.
+
+    Writes nothing: it checks the values, then builds the data, the model and its optimizer.
+    """
+    from hydra.errors import InstantiationException
+
+    check_config(cfg)
+    try:
+        build(cfg)
+    except ConfigError:
+        raise
+    except InstantiationException as err:
+        raise ConfigError(str(err.__cause__ or err)) from None
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise ConfigError(str(err)) from None
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit and evaluate the model that ``cfg`` describes; return what ``metrics.json`` holds.
 
     Writes into ``cfg.paths.output_dir``: the resolved config, logs, checkpoints and
     ``metrics.json``. A run that fails still leaves ``metrics.json`` with status ``failed``.
     """
-    check_config(cfg)
+    validate(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
@@ -116,7 +190,6 @@ def train(cfg: DictConfig) -> dict:
     # Lightning 2.6 calls a torch.utils._pytree API that torch 2.13 marks deprecated.
     warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\).*")
     _route_lightning_logs()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     metrics = {
         "status": "failed",
@@ -128,19 +201,17 @@ def train(cfg: DictConfig) -> dict:
     }
     start = time.perf_counter()
     trainer = None
+    model = None
     try:
-        datamodule = instantiate(cfg.data)
-        model = instantiate(
-            cfg.model, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-            _convert_="all",
-        )
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule, model = build(cfg)
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
         loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
         trainer.fit(model, datamodule=datamodule)
         fit_seconds = time.perf_counter() - start
-        status, reason = _stop_reason(trainer)
+        status, reason = _stop_reason(trainer, cfg.optimizer.lr)
         metrics.update(_stage_metrics("train", trainer.callback_metrics))
         for callback in trainer.callbacks:
             if hasattr(callback, "metrics_summary"):
@@ -160,23 +231,26 @@ def train(cfg: DictConfig) -> dict:
             epochs_to_target=(trainer.current_epoch if reason == "reached target loss" else None),
             steps=trainer.global_step,
             fit_seconds=fit_seconds,
-            weights={
-                name: None if t is None else t.detach().tolist()
-                for name, t in model.net.named_weights().items()
-            },
+            weights=_weights(model),
         )
         if cfg.get("plots", True):
             metrics["pictures"] = _draw_pictures(output_dir, metrics, datamodule, trainer)
-        if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
-            metrics["checkpoint"] = str(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
+        metrics["checkpoint"] = _checkpoint_path(trainer)
     except BaseException as err:
         metrics["reason"] = f"{type(err).__name__}: {err}"
         if trainer is not None:
-            metrics.update(epochs=trainer.current_epoch, steps=trainer.global_step)
+            metrics.update(epochs=trainer.current_epoch, steps=trainer.global_step,
+                           checkpoint=_checkpoint_path(trainer))
+        if model is not None:
+            metrics["weights"] = _weights(model)
         if isinstance(err, (KeyboardInterrupt, SystemExit)):
-            metrics["status"] = "interrupted"
+            # Lightning turns Ctrl-C into SystemExit after its own clean-up.
+            metrics.update(status="interrupted", reason="interrupted by a signal (Ctrl-C)")
         raise
     finally:
         metrics["wall_seconds"] = time.perf_counter() - start
         write_metrics(output_dir, metrics)
+        log.info("%s (%s) after %s steps in %.2f s; metrics in %s", metrics["status"],
+                 metrics.get("stop_reason") or metrics.get("reason"), metrics.get("steps"),
+                 metrics["wall_seconds"], output_dir / "metrics.json")
     return metrics

@@ -5,9 +5,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from backprop_lab.config_checks import ConfigError, check_config
+from backprop_lab.config_checks import ConfigError
 from backprop_lab.hydra_errors import one_line, preflight
-from backprop_lab.run import train
+from backprop_lab.run import train, validate
 
 CONFIG_MODULE = "backprop_lab.conf"
 CONFIG_NAME = "train"
@@ -70,7 +70,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Console entry point: reject bad overrides in one line, then hand over to Hydra."""
-    preflight(sys.argv[1:], CONFIG_MODULE, CONFIG_NAME, check_config, prog="backprop-train")
+    preflight(sys.argv[1:], CONFIG_MODULE, CONFIG_NAME, validate, prog="backprop-train")
     hydra_main()
 
 
