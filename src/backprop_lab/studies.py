@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -140,6 +141,8 @@ def xor_manual_vs_autograd(folder: Path, log_dir: Path, seeds: int = 20) -> Path
         "model.backward=manual,autograd", f"seed=range({seeds})", "plots=false",
         f"paths.log_dir={log_dir}", f"hydra.sweep.dir={sweep_dir}",
     ]
+    # A fixed sweep directory keeps the report's paths stable; old jobs must not mix in.
+    shutil.rmtree(sweep_dir, ignore_errors=True)
     log.info("running %s", " ".join(command[2:]))
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     from backprop_lab import report
