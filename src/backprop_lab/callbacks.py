@@ -80,8 +80,10 @@ class TrainingHistory(Callback):
         forward_ms = 1e3 * getattr(pl_module, "last_forward_seconds", math.nan)
         self.rows.append((trainer.global_step - 1, trainer.current_epoch, float(loss),
                           forward_ms, self._backward_ms))
-        pl_module.log("time/forward_ms", forward_ms, on_step=False, on_epoch=True)
-        pl_module.log("time/backward_ms", self._backward_ms, on_step=False, on_epoch=True)
+        pl_module.log("time/forward_ms", forward_ms, on_step=False, on_epoch=True,
+                      sync_dist=True)
+        pl_module.log("time/backward_ms", self._backward_ms, on_step=False, on_epoch=True,
+                      sync_dist=True)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.path is not None and trainer.is_global_zero:

@@ -99,7 +99,7 @@ def _check_trainer(cfg: DictConfig) -> None:
     _boolean(cfg, "trainer.deterministic")
     _choice(cfg, "trainer.accelerator", ACCELERATORS)
     devices = _value(cfg, "trainer.devices")
-    if devices != "auto":
+    if devices not in ("auto", -1):
         _integer(cfg, "trainer.devices", 1)
     if _value(cfg, "trainer.accelerator") in ("gpu", "cuda"):
         import torch

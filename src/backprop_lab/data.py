@@ -1,5 +1,7 @@
 """Data modules: the XOR truth table."""
 
+import math
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -26,7 +28,9 @@ class XORDataModule(L.LightningDataModule):
         self.dataset = TensorDataset(x, y)
 
     def _loader(self) -> DataLoader:
-        batch_size = self.batch_size or len(self.dataset)
+        # Full batch means the whole table per step; under DDP each process takes its share.
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        batch_size = self.batch_size or math.ceil(len(self.dataset) / world_size)
         return DataLoader(self.dataset, batch_size=batch_size, shuffle=False)
 
     def train_dataloader(self) -> DataLoader:

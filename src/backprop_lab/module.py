@@ -60,8 +60,9 @@ class BackpropModule(L.LightningModule):
         accuracy = getattr(self, f"{stage}_acc")
         accuracy(y_hat.detach(), y)
         batch_size = x.shape[0]
+        # sync_dist averages over DDP processes; on one process it costs nothing.
         self.log(f"{stage}/loss", loss.detach(), on_step=False, on_epoch=True,
-                 batch_size=batch_size)
+                 batch_size=batch_size, sync_dist=True)
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, batch_size=batch_size)
         return loss
 

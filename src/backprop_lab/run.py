@@ -4,8 +4,11 @@ Lightning and the model are imported only once training starts, so that the comm
 answers ``--help`` and ``--cfg job`` quickly.
 """
 
+import contextlib
+import json
 import logging
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -130,6 +133,58 @@ def _weights(model) -> dict:
             for name, t in model.net.named_weights().items()}
 
 
+# Set by the first process of a DDP run for the processes Lightning starts next to it.
+DDP_JOB_ARGS = "BACKPROP_LAB_DDP_JOB_ARGS"
+
+
+def is_rank_zero() -> bool:
+    """True outside DDP and in its first process (Lightning sets RANK / LOCAL_RANK for others)."""
+    from lightning.fabric.utilities.rank_zero import _get_rank
+
+    return (_get_rank() or 0) == 0
+
+
+# What Lightning's DDP launcher leaves in the environment of the first process. Left set, it
+# tells the next job of a sweep that its processes already exist, and the job hangs or fails.
+DDP_LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE",
+                        DDP_JOB_ARGS)
+
+
+@contextlib.contextmanager
+def ddp_job_scope():
+    """Run one job's DDP training, then close its process group and restore the environment."""
+    saved = {name: os.environ.get(name) for name in DDP_LAUNCH_VARIABLES}
+    try:
+        yield
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def share_job_with_ddp_processes(output_dir: Path) -> None:
+    """Tell the DDP processes Lightning is about to start which job they belong to.
+
+    Lightning starts them by running the command line again. Inside a Hydra multirun that line
+    holds the whole sweep, so each process would run every job into new directories; the
+    processes read this instead (see ``backprop_lab.train.main``) and join this job's directory.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    overrides = list(HydraConfig.get().overrides.task)
+    os.environ[DDP_JOB_ARGS] = json.dumps(overrides + [
+        f"hydra.run.dir={output_dir}", "hydra.output_subdir=null", "hydra.job.name=ddp_process",
+    ])
+
+
 def build(cfg: DictConfig):
     """The datamodule and the LightningModule that ``cfg`` describes, checked against each other.
 
@@ -171,6 +226,35 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(str(err)) from None
 
 
+def _fit_and_evaluate(cfg: DictConfig, trainer, model, datamodule) -> dict:
+    """Fit, then validate and test the final weights; the metrics this adds to metrics.json."""
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    fit_seconds = time.perf_counter() - start
+    status, reason = _stop_reason(trainer, cfg.optimizer.lr)
+    metrics = _stage_metrics("train", trainer.callback_metrics)
+    for callback in trainer.callbacks:
+        if hasattr(callback, "metrics_summary"):
+            metrics.update(callback.metrics_summary())
+    if (metrics.get("parity") or {}).get("failure") is not None:
+        status, reason = "parity_failed", trainer_parity_message(trainer)
+
+    if cfg.get("evaluate", True) and status != "interrupted":
+        for stage, run in (("val", trainer.validate), ("test", trainer.test)):
+            results = run(model, datamodule=datamodule, verbose=False)[0]
+            metrics.update(_stage_metrics(stage, results))
+    metrics.update(
+        status=status,
+        stop_reason=reason,
+        epochs=trainer.current_epoch,
+        epochs_to_target=(trainer.current_epoch if reason == "reached target loss" else None),
+        steps=trainer.global_step,
+        fit_seconds=fit_seconds,
+        weights=_weights(model),
+    )
+    return metrics
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit and evaluate the model that ``cfg`` describes; return what ``metrics.json`` holds.
 
@@ -180,7 +264,8 @@ def train(cfg: DictConfig) -> dict:
     validate(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
+    if is_rank_zero():
+        OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
 
     import lightning as L
     from hydra.utils import instantiate
@@ -189,6 +274,8 @@ def train(cfg: DictConfig) -> dict:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     # Lightning 2.6 calls a torch.utils._pytree API that torch 2.13 marks deprecated.
     warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\).*")
+    # XOR's four rows split evenly over DDP processes, so each is evaluated exactly once.
+    warnings.filterwarnings("ignore", ".*it is recommended to use `Trainer\\(devices=1.*")
     _route_lightning_logs()
 
     metrics = {
@@ -208,32 +295,12 @@ def train(cfg: DictConfig) -> dict:
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
         loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-
-        trainer.fit(model, datamodule=datamodule)
-        fit_seconds = time.perf_counter() - start
-        status, reason = _stop_reason(trainer, cfg.optimizer.lr)
-        metrics.update(_stage_metrics("train", trainer.callback_metrics))
-        for callback in trainer.callbacks:
-            if hasattr(callback, "metrics_summary"):
-                metrics.update(callback.metrics_summary())
-        failure = (metrics.get("parity") or {}).get("failure")
-        if failure is not None:
-            status, reason = "parity_failed", trainer_parity_message(trainer)
-
-        if cfg.get("evaluate", True) and status != "interrupted":
-            for stage, run in (("val", trainer.validate), ("test", trainer.test)):
-                results = run(model, datamodule=datamodule, verbose=False)[0]
-                metrics.update(_stage_metrics(stage, results))
-        metrics.update(
-            status=status,
-            stop_reason=reason,
-            epochs=trainer.current_epoch,
-            epochs_to_target=(trainer.current_epoch if reason == "reached target loss" else None),
-            steps=trainer.global_step,
-            fit_seconds=fit_seconds,
-            weights=_weights(model),
-        )
-        if cfg.get("plots", True):
+        distributed = trainer.world_size > 1 and is_rank_zero()
+        with ddp_job_scope() if distributed else contextlib.nullcontext():
+            if distributed:
+                share_job_with_ddp_processes(output_dir)
+            metrics.update(_fit_and_evaluate(cfg, trainer, model, datamodule))
+        if cfg.get("plots", True) and trainer.is_global_zero:
             metrics["pictures"] = _draw_pictures(output_dir, metrics, datamodule, trainer)
         metrics["checkpoint"] = _checkpoint_path(trainer)
     except BaseException as err:
@@ -249,8 +316,9 @@ def train(cfg: DictConfig) -> dict:
         raise
     finally:
         metrics["wall_seconds"] = time.perf_counter() - start
-        write_metrics(output_dir, metrics)
-        log.info("%s (%s) after %s steps in %.2f s; metrics in %s", metrics["status"],
-                 metrics.get("stop_reason") or metrics.get("reason"), metrics.get("steps"),
-                 metrics["wall_seconds"], output_dir / "metrics.json")
+        if is_rank_zero():
+            write_metrics(output_dir, metrics)
+            log.info("%s (%s) after %s steps in %.2f s; metrics in %s", metrics["status"],
+                     metrics.get("stop_reason") or metrics.get("reason"), metrics.get("steps"),
+                     metrics["wall_seconds"], output_dir / "metrics.json")
     return metrics

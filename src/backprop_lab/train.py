@@ -1,13 +1,22 @@
 """``backprop-train``: the Hydra app that trains one run (or compares both backward modes)."""
 
+import json
+import logging
+import math
+import os
 import sys
+import traceback
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from backprop_lab.config_checks import ConfigError
 from backprop_lab.hydra_errors import one_line, preflight
-from backprop_lab.run import train, validate
+from backprop_lab.metrics_file import METRICS_FILE, write_metrics
+from backprop_lab.run import DDP_JOB_ARGS, is_rank_zero, train, validate
+
+log = logging.getLogger(__name__)
 
 CONFIG_MODULE = "backprop_lab.conf"
 CONFIG_NAME = "train"
@@ -48,11 +57,31 @@ def print_comparison(summary: dict) -> None:
     console.print(f"outputs: {summary['output_dir']}", soft_wrap=True)
 
 
+def _job_failed(cfg: DictConfig, err: Exception) -> float:
+    """Record a failed multirun job and let the sweep go on; SweepOutcome reports it at the end.
+
+    The traceback goes to the job's error.txt, the reason to its metrics.json (unless training
+    already wrote one) and to its log, and one line to stderr.
+    """
+    message = one_line(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}"
+    log.error("job failed: %s", message)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "error.txt").write_text(traceback.format_exc())
+    if not (output_dir / METRICS_FILE).is_file():
+        write_metrics(output_dir, {"status": "failed", "reason": message,
+                                   "backward": cfg.model.backward, "seed": cfg.seed})
+    return math.nan
+
+
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)
 def hydra_main(cfg: DictConfig) -> float | None:
-    """The Hydra app: one run, or one job of a multirun."""
+    """The Hydra app: one run, or one job of a multirun; returns the value a sweeper minimises."""
+    from hydra.core.hydra_config import HydraConfig
     from hydra.errors import InstantiationException
+    from hydra.types import RunMode
 
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         if cfg.get("compare"):
             from backprop_lab.compare import compare
@@ -62,14 +91,26 @@ def hydra_main(cfg: DictConfig) -> float | None:
             return summary["max_abs_loss_gap"]
         metrics = train(cfg)
     except (ConfigError, InstantiationException) as err:
+        if multirun:
+            return _job_failed(cfg, ConfigError(one_line(err)))
         print(f"backprop-train: error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
-    print(format_summary(metrics))
+    except Exception as err:
+        if multirun:
+            return _job_failed(cfg, err)
+        raise
+    if is_rank_zero():
+        print(format_summary(metrics))
     return metrics.get("val_loss")
 
 
 def main() -> None:
     """Console entry point: reject bad overrides in one line, then hand over to Hydra."""
+    job_args = os.environ.get(DDP_JOB_ARGS)
+    if job_args and os.environ.get("LOCAL_RANK", "0") != "0":
+        # A DDP process started by Lightning: run the job it belongs to, not the command line
+        # (which, in a multirun, is the whole sweep).
+        sys.argv[1:] = json.loads(job_args)
     preflight(sys.argv[1:], CONFIG_MODULE, CONFIG_NAME, validate, prog="backprop-train")
     hydra_main()
 
