@@ -19,6 +19,9 @@ MAX_SEED = 2**32 - 1
 # Wider layers are not what this project is for, and a typo such as 100000000 would hang.
 MAX_WIDTH = 10_000
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+PRECISIONS = ("32-true", "64-true", "bf16-mixed", "16-mixed", "bf16-true")
+# metrics.json keys a hyper-parameter sweeper may minimise.
+OPTIMIZED_METRICS = ("val_loss", "test_loss", "train_loss", "epochs_to_target")
 
 
 class ConfigError(ValueError):
@@ -98,6 +101,7 @@ def _check_trainer(cfg: DictConfig) -> None:
     _integer(cfg, "trainer.check_val_every_n_epoch", 1, allow_none=True)
     _boolean(cfg, "trainer.deterministic")
     _choice(cfg, "trainer.accelerator", ACCELERATORS)
+    _choice(cfg, "trainer.precision", PRECISIONS)
     devices = _value(cfg, "trainer.devices")
     if devices not in ("auto", -1):
         _integer(cfg, "trainer.devices", 1)
@@ -130,6 +134,7 @@ def check_config(cfg: DictConfig) -> None:
     _number(cfg, "target_loss", 0.0, allow_none=True)
     for key in ("evaluate", "plots", "compare"):
         _boolean(cfg, key)
+    _choice(cfg, "optimized_metric", OPTIMIZED_METRICS)
     _check_optimizer(cfg)
     _integer(cfg, "data.batch_size", 1, allow_none=True)
     _check_trainer(cfg)

@@ -116,6 +116,16 @@ def _draw_pictures(output_dir: Path, metrics: dict, datamodule, trainer) -> list
     return [str(p) for p in paths]
 
 
+def _log_artifacts(trainer, paths: list[str]) -> None:
+    """Attach the run's pictures to every logger that stores files (MLflow)."""
+    for logger in trainer.loggers:
+        run_id = getattr(logger, "run_id", None)
+        if run_id is None or not hasattr(logger.experiment, "log_artifact"):
+            continue
+        for path in paths:
+            logger.experiment.log_artifact(run_id, path, artifact_path="pictures")
+
+
 def _checkpoint_path(trainer) -> str | None:
     """The final checkpoint written by the run, if any."""
     callback = trainer.checkpoint_callback
@@ -303,6 +313,8 @@ def train(cfg: DictConfig) -> dict:
         if cfg.get("plots", True) and trainer.is_global_zero:
             metrics["pictures"] = _draw_pictures(output_dir, metrics, datamodule, trainer)
         metrics["checkpoint"] = _checkpoint_path(trainer)
+        if trainer.is_global_zero:
+            _log_artifacts(trainer, metrics.get("pictures", []))
     except BaseException as err:
         metrics["reason"] = f"{type(err).__name__}: {err}"
         if trainer is not None:

@@ -57,6 +57,19 @@ def print_comparison(summary: dict) -> None:
     console.print(f"outputs: {summary['output_dir']}", soft_wrap=True)
 
 
+def optimized_value(cfg: DictConfig, metrics: dict) -> float:
+    """The number a sweeper minimises: ``cfg.optimized_metric`` of this run's metrics.
+
+    A run that never reached the target loss counts as ``trainer.max_epochs + 1`` epochs; a
+    missing or non-finite value is NaN, which Optuna records as a failed trial.
+    """
+    name = cfg.get("optimized_metric", "val_loss")
+    value = metrics.get(name)
+    if name == "epochs_to_target" and value is None:
+        value = cfg.trainer.max_epochs + 1
+    return math.nan if not isinstance(value, (int, float)) else float(value)
+
+
 def _job_failed(cfg: DictConfig, err: Exception) -> float:
     """Record a failed multirun job and let the sweep go on; SweepOutcome reports it at the end.
 
@@ -101,7 +114,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         raise
     if is_rank_zero():
         print(format_summary(metrics))
-    return metrics.get("val_loss")
+    return optimized_value(cfg, metrics)
 
 
 def main() -> None:
