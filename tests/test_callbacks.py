@@ -8,18 +8,18 @@ import pytest
 import torch
 
 from backprop_lab.callbacks import gradient_gap
-from backprop_lab.manual_backward import SigmoidMLPFunction
-from backprop_lab.network import SigmoidMLP
+from backprop_lab.manual_backward import MLPFunction
+from backprop_lab.network import MLP
 from backprop_lab.run import train
 
 
-class HiddenGradientTooLarge(SigmoidMLPFunction):
+class HiddenGradientTooLarge(MLPFunction):
     """A wrong backward: the hidden weights' gradient comes out 10% too large."""
 
     @staticmethod
-    def backward(ctx, grad_y_hat, grad_h):
-        grads = list(SigmoidMLPFunction.backward(ctx, grad_y_hat, grad_h))
-        grads[1] = grads[1] * 1.1
+    def backward(ctx, grad_y_hat, *grad_hidden):
+        grads = list(MLPFunction.backward(ctx, grad_y_hat, *grad_hidden))
+        grads[2] = grads[2] * 1.1  # x, the activation names, then w_hidden
         return tuple(grads)
 
 
@@ -41,7 +41,7 @@ def test_parity_check_passes_the_real_manual_backward(make_cfg, tmp_path):
 
 def test_parity_check_stops_a_wrong_backward_naming_weight_step_and_gap(
         make_cfg, tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(SigmoidMLP, "manual_function", HiddenGradientTooLarge)
+    monkeypatch.setattr(MLP, "manual_function", HiddenGradientTooLarge)
     metrics = train(make_cfg("trainer.max_epochs=50", "callbacks.parity.every_n_steps=5"))
     failure = metrics["parity"]["failure"]
     assert metrics["status"] == "parity_failed"

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from backprop_lab.manual_backward import sigmoid_mlp, squared_error
+from backprop_lab.manual_backward import bce_with_logits, mlp, sigmoid_mlp, squared_error
+from backprop_lab.network import MLP
 
 
 def random_problem(batch: int, bias: bool, dtype=torch.float64, seed: int = 0):
@@ -136,3 +137,91 @@ def test_parameters_that_do_not_require_grad_get_none():
 def test_loss_refuses_targets_whose_shape_would_broadcast():
     with pytest.raises(ValueError, match=r"y_hat has shape \(4, 1\) but y has \(4,\)"):
         squared_error(torch.zeros(4, 1), torch.zeros(4))
+
+
+GRID_WIDTHS = [[3], [4, 4]]
+GRID_ACTIVATIONS = ["sigmoid", "tanh", "relu"]
+GRID_LOSSES = ["mse", "half_mse", "bce"]
+
+
+def grid_network(hidden, activation, loss, reduction, backward, bias=True, freeze_bias=False):
+    """An MLP of the grid in float64: bce reads one logit; squared errors fit two outputs."""
+    n_outputs, output_activation = (1, "identity") if loss == "bce" else (2, "sigmoid")
+    net = MLP(n_inputs=3, hidden=hidden, n_outputs=n_outputs, activation=activation,
+              output_activation=output_activation, bias=bias, freeze_bias=freeze_bias,
+              backward=backward, loss=loss, reduction=reduction).double()
+    net.initialize(seed=len(hidden) * 7 + GRID_ACTIVATIONS.index(activation), scale=1.5)
+    return net
+
+
+def grid_data(loss, n_outputs, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(16, 3, generator=g, dtype=torch.float64)
+    if loss == "bce":
+        return x, torch.randint(0, 2, (16, 1), generator=g).double()
+    return x, torch.rand(16, n_outputs, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("loss", GRID_LOSSES)
+@pytest.mark.parametrize("activation", GRID_ACTIVATIONS)
+@pytest.mark.parametrize("hidden", GRID_WIDTHS, ids=["h3", "h4x4"])
+def test_manual_backward_passes_gradcheck_over_the_grid(hidden, activation, loss, reduction):
+    net = grid_network(hidden, activation, loss, reduction, "manual")
+    x, y = grid_data(loss, net.layers[-1].out_features)
+    params = [t.detach().clone().requires_grad_(True)
+              for layer in net.layers for t in (layer.weight, layer.bias)]
+    x.requires_grad_(True)
+
+    def loss_of(x, *params):
+        y_hat = mlp(x, net.activations, *params)
+        if loss == "bce":
+            return bce_with_logits(y_hat, y, reduction)
+        return squared_error(y_hat, y, half=loss == "half_mse", reduction=reduction)
+
+    assert torch.autograd.gradcheck(loss_of, (x, *params), eps=1e-6, atol=1e-6)
+
+
+# Every width with every activation, and one network with a different activation per layer.
+SHAPES = [(h, a) for h in GRID_WIDTHS for a in GRID_ACTIVATIONS] + [([4, 4], ["tanh", "relu"])]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("loss", GRID_LOSSES)
+@pytest.mark.parametrize("hidden, activation", SHAPES, ids=lambda v: str(v).replace(" ", ""))
+def test_manual_grad_matches_autograd_over_the_grid_float64(hidden, activation, loss, reduction):
+    grads = {}
+    for backward in ("manual", "autograd"):
+        net = grid_network(hidden, "tanh" if isinstance(activation, list) else activation,
+                           loss, reduction, backward)
+        if isinstance(activation, list):
+            net.activations = (*activation, net.activations[-1])
+        x, y = grid_data(loss, net.layers[-1].out_features, seed=1)
+        grads[backward] = net.gradients(x, y, backward)
+    assert grads["manual"].keys() == grads["autograd"].keys()
+    for name, grad in grads["manual"].items():
+        assert torch.allclose(grad, grads["autograd"][name], rtol=0, atol=1e-12), name
+
+
+def test_frozen_and_absent_biases_get_no_gradient_and_the_rest_match_autograd():
+    grads = {}
+    for backward in ("manual", "autograd"):
+        net = grid_network([4, 4], "tanh", "mse", "sum", backward,
+                           bias=[True, False, True], freeze_bias=[False, False, True])
+        x, y = grid_data("mse", 2, seed=2)
+        grads[backward] = net.gradients(x, y, backward)
+    assert sorted(grads["manual"]) == ["b_hidden1", "w_hidden1", "w_hidden2", "w_out"]
+    for name, grad in grads["manual"].items():
+        assert torch.allclose(grad, grads["autograd"][name], rtol=0, atol=1e-12), name
+
+
+def test_bce_on_extreme_logits_stays_finite_and_matches_autograd():
+    z = torch.tensor([[-800.0], [-30.0], [0.0], [30.0], [800.0]], dtype=torch.float64,
+                     requires_grad=True)
+    y = torch.tensor([[1.0], [0.0], [1.0], [1.0], [0.0]], dtype=torch.float64)
+    manual = bce_with_logits(z, y, "sum")
+    (grad,) = torch.autograd.grad(manual, z)
+    reference = torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="sum")
+    (expected,) = torch.autograd.grad(reference, z)
+    assert torch.isfinite(manual) and manual.item() == pytest.approx(reference.item(), rel=1e-15)
+    assert torch.allclose(grad, expected, rtol=0, atol=1e-15)

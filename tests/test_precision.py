@@ -5,7 +5,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from backprop_lab.data import XOR_INPUTS, XOR_TARGETS
-from backprop_lab.network import SigmoidMLP
+from backprop_lab.network import MLP
 from backprop_lab.run import train
 
 PARAM_DTYPE = {"32-true": "torch.float32", "64-true": "torch.float64",
@@ -57,13 +57,13 @@ def test_training_keeps_parameter_and_gradient_dtypes_at_each_precision(
     # Each parameter, then its gradient: the same dtype, also when bf16-mixed computes in bf16.
     assert recorded["params"] == {
         name: [f"{dtype} {dtype}"]
-        for name in ("hidden.weight", "hidden.bias", "output.weight", "output.bias")
+        for name in ("layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias")
     }
     assert all(0.0 < metrics[k] < 1.0 for k in ("train_loss", "val_loss", "test_loss"))
 
 
-def xor_network(seed: int) -> tuple[SigmoidMLP, torch.Tensor, torch.Tensor]:
-    net = SigmoidMLP()
+def xor_network(seed: int) -> tuple[MLP, torch.Tensor, torch.Tensor]:
+    net = MLP()
     net.initialize(seed=seed)
     return net, torch.tensor(XOR_INPUTS), torch.tensor(XOR_TARGETS)
 
@@ -75,7 +75,7 @@ def test_manual_backward_under_bf16_autocast_matches_autograd(seed):
     for backward in ("manual", "autograd"):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y_hat = net(x, backward)
-            loss = net.loss(y_hat, y, "mse", backward)
+            loss = net.loss(y_hat, y, backward)
         results[backward] = (y_hat, loss, torch.autograd.grad(loss, list(net.parameters())))
 
     manual_y_hat, manual_loss, manual_grads = results["manual"]
@@ -98,8 +98,8 @@ def test_float64_inputs_are_not_cast_under_autocast():
     net.double()
     x, y = x.double(), y.double()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = net.loss(net(x, "manual"), y, "mse", "manual")
-        reference = net.loss(net(x, "autograd"), y, "mse", "autograd")
+        loss = net.loss(net(x, "manual"), y, "manual")
+        reference = net.loss(net(x, "autograd"), y, "autograd")
     grads = torch.autograd.grad(loss, list(net.parameters()))
     expected = torch.autograd.grad(reference, list(net.parameters()))
 
@@ -114,11 +114,11 @@ def test_float64_inputs_are_not_cast_under_autocast():
 def test_manual_backward_ignores_autocast_around_the_backward_call():
     net, x, y = xor_network(0)
     weights = list(net.parameters())
-    outside = torch.autograd.grad(net.loss(net(x, "manual"), y, "mse", "manual"), weights)
+    outside = torch.autograd.grad(net.loss(net(x, "manual"), y, "manual"), weights)
 
     # A float32 forward whose backward is called under autocast: on the CPU the caller's
     # autocast state reaches backward, and would otherwise put its matrix products in bf16.
-    loss = net.loss(net(x, "manual"), y, "mse", "manual")
+    loss = net.loss(net(x, "manual"), y, "manual")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         inside = torch.autograd.grad(loss, weights)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from backprop_lab.network import SigmoidMLP
+from backprop_lab.network import MLP
 from backprop_lab.run import train
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -54,7 +54,12 @@ def test_xor_reaches_accuracy_one_in_both_modes_with_the_same_final_loss(make_cf
 
 @pytest.mark.parametrize("option", list(group_options()))
 def test_every_config_option_composes_and_trains_one_step(make_cfg, option, tmp_path):
-    metrics = train(make_cfg(option, "trainer.max_epochs=1"))
+    extra = []
+    if option == "data=csv":
+        table = tmp_path / "points.csv"
+        table.write_text("a,b,label\n0,0,0\n0,1,1\n1,0,1\n1,1,0\n0.5,0.2,1\n0.9,0.8,0\n")
+        extra = [f"data.path={table}", "data.features=[a,b]", "data.target=label"]
+    metrics = train(make_cfg(option, "trainer.max_epochs=1", *extra))
     assert metrics["status"] == "completed"
     assert metrics["steps"] == 1 and metrics["epochs"] == 1
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -89,7 +94,7 @@ def test_checkpoint_loads_in_a_plain_python_process_without_hydra(make_cfg, tmp_
         "m = BackpropModule.load_from_checkpoint(sys.argv[1])\n"
         "assert 'hydra' not in sys.modules and 'omegaconf' not in sys.modules\n"
         "print(json.dumps({'backward': m.net.backward,\n"
-        "    'w_hidden': m.net.hidden.weight.tolist(), 'lr': m.hparams.optimizer['lr']}))\n"
+        "    'w_hidden': m.net.layers[0].weight.tolist(), 'lr': m.hparams.optimizer['lr']}))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", script, metrics["checkpoint"]],
@@ -108,11 +113,11 @@ def test_seed_keras_experiment_takes_one_sgd_step_of_mean_squared_error(make_cfg
     assert (cfg.model.loss, cfg.model.init.scheme, cfg.model.bias) == ("mse", "glorot_uniform", True)
     metrics = train(cfg)
 
-    net = SigmoidMLP(backward="autograd")
+    net = MLP(backward="autograd")
     net.initialize(seed=5, scheme="glorot_uniform")
     x = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
     y = torch.tensor([[0.0], [1.0], [1.0], [0.0]])
-    net.loss(net(x), y, "mse").backward()
+    net.loss(net(x), y).backward()
     for name, tensor in net.named_weights().items():
         expected = (tensor - 0.1 * tensor.grad).tolist()
         assert torch.allclose(torch.tensor(metrics["weights"][name]), torch.tensor(expected),

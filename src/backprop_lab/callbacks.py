@@ -100,6 +100,31 @@ class TrainingHistory(Callback):
                 "step_ms_mean": forward + backward}
 
 
+class StopOnDivergence(Callback):
+    """Stops training at the first step whose loss is NaN or infinite.
+
+    Checked after every step, so mini-batch training stops where the loss broke rather than at
+    the end of the epoch. ``diverged_at`` holds (step, loss, last finite loss) once it fired.
+    """
+
+    def __init__(self) -> None:
+        self.diverged_at: tuple[int, float, float | None] | None = None
+        self._last_finite: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.diverged_at, self._last_finite = None, None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        value = float(loss)
+        if math.isfinite(value):
+            self._last_finite = value
+            return
+        if self.diverged_at is None:
+            self.diverged_at = (trainer.global_step - 1, value, self._last_finite)
+            trainer.should_stop = True
+
+
 def gradient_gap(manual: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
     """Largest |manual - reference| and that gap relative to the largest |reference| entry.
 
@@ -153,8 +178,8 @@ class GradientParity(Callback):
             return
         x, y = batch
         net = pl_module.net
-        manual = net.gradients(x, y, pl_module.loss_name, "manual")
-        reference = net.gradients(x, y, pl_module.loss_name, "autograd")
+        manual = net.gradients(x, y, "manual")
+        reference = net.gradients(x, y, "autograd")
         for name, grad in manual.items():
             max_abs, max_rel = gradient_gap(grad, reference[name])
             self.rows.append((step, name, max_abs, max_rel))

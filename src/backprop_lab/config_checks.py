@@ -11,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from backprop_lab.manual_backward import ACTIVATIONS, REDUCTIONS
 from backprop_lab.network import BACKWARDS, INIT_SCHEMES, LOSSES
 from backprop_lab.optimizers import check_optimizer_settings
 
@@ -70,13 +71,40 @@ def _number(cfg: DictConfig, key: str, low: float, inclusive: bool = True,
                           f"{extra}")
 
 
+def _one_or_per_layer(cfg: DictConfig, key: str, n_layers: int, ok, allowed: str) -> None:
+    """``key`` holds one allowed value, or a list of ``n_layers`` of them."""
+    value = _value(cfg, key)
+    values = list(value) if OmegaConf.is_list(value) else [value]
+    if OmegaConf.is_list(value) and len(values) != n_layers:
+        raise ConfigError(f"{key}={values} is not allowed; give one value or {n_layers}, one per "
+                          "layer")
+    for item in values:
+        if not ok(item):
+            raise ConfigError(f"{key}={item!r} is not allowed; use {allowed}")
+
+
 def _check_model(cfg: DictConfig) -> None:
     _choice(cfg, "model.backward", BACKWARDS)
     _choice(cfg, "model.loss", LOSSES)
     _choice(cfg, "model.init.scheme", INIT_SCHEMES)
-    for key in ("model.n_inputs", "model.n_hidden", "model.n_outputs"):
-        _integer(cfg, key, 1, MAX_WIDTH)
-    _boolean(cfg, "model.bias")
+    _choice(cfg, "model.reduction", REDUCTIONS)
+    _choice(cfg, "model.output_activation", ACTIVATIONS)
+    for key in ("model.n_inputs", "model.n_outputs"):
+        _integer(cfg, key, 1, MAX_WIDTH, allow_none=True)
+    hidden = _value(cfg, "model.hidden")
+    if not OmegaConf.is_list(hidden) or len(hidden) == 0:
+        raise ConfigError(f"model.hidden={hidden!r} is not allowed; give a list of widths such "
+                          "as [2] or [4, 4]")
+    for i in range(len(hidden)):
+        _integer(cfg, f"model.hidden.{i}", 1, MAX_WIDTH)
+    _one_or_per_layer(cfg, "model.activation", len(hidden), lambda v: v in ACTIVATIONS,
+                      f"one of: {', '.join(ACTIVATIONS)}")
+    for key in ("model.bias", "model.freeze_bias"):
+        _one_or_per_layer(cfg, key, len(hidden) + 1, lambda v: isinstance(v, bool),
+                          "true or false")
+    if _value(cfg, "model.loss") == "bce" and _value(cfg, "model.output_activation") != "identity":
+        raise ConfigError(f"model.loss=bce takes the output as logits; model.output_activation="
+                          f"{_value(cfg, 'model.output_activation')!r} must be identity")
     _number(cfg, "model.init.scale", 0.0, inclusive=False)
     _integer(cfg, "model.init.seed", 0, MAX_SEED)
 
@@ -139,3 +167,6 @@ def check_config(cfg: DictConfig) -> None:
     _integer(cfg, "data.batch_size", 1, allow_none=True)
     _check_trainer(cfg)
     _check_log_dir(cfg)
+    ckpt_path = _value(cfg, "ckpt_path")
+    if ckpt_path is not None and not Path(str(ckpt_path)).is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")

@@ -1,13 +1,40 @@
-"""Data modules: the XOR truth table."""
+"""Data modules: XOR's truth table, and tables of rows split into train/val/test and served.
+
+Every data module knows its shape as soon as it is constructed, because the run checks the
+model against the data before training: ``n_features``, ``n_targets``, ``binary_targets``
+(every target is 0 or 1) and ``train_arrays()``, the training rows as the model sees them.
+The rows themselves come from ``backprop_lab.data_sources``.
+"""
 
 import math
+from numbers import Integral, Real
 
 import lightning as L
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from backprop_lab import data_sources
 
 XOR_INPUTS = ((0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0))
 XOR_TARGETS = ((0.0,), (1.0,), (1.0,), (0.0,))
+
+# numpy takes 32-bit seeds only.
+MAX_SEED = 2**32 - 1
+
+
+def _check_batch_size(batch_size) -> None:
+    if batch_size is None:
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} is not allowed; it must be an integer "
+                         ">= 1, or null for the full batch")
+
+
+def _full_batch_loader(dataset: TensorDataset, trainer) -> DataLoader:
+    # Full batch means every row per step; under DDP each process takes its share.
+    world_size = trainer.world_size if trainer is not None else 1
+    return DataLoader(dataset, batch_size=math.ceil(len(dataset) / world_size), shuffle=False)
 
 
 class XORDataModule(L.LightningDataModule):
@@ -19,19 +46,24 @@ class XORDataModule(L.LightningDataModule):
 
     n_features = 2
     n_targets = 1
+    binary_targets = True
 
     def __init__(self, batch_size: int | None = None) -> None:
         super().__init__()
+        _check_batch_size(batch_size)
         self.batch_size = batch_size
         x = torch.tensor(XOR_INPUTS)  # (4, 2)
         y = torch.tensor(XOR_TARGETS)  # (4, 1)
         self.dataset = TensorDataset(x, y)
 
+    def train_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The four rows as float32 arrays, (4, 2) and (4, 1)."""
+        return tuple(t.numpy().copy() for t in self.dataset.tensors)
+
     def _loader(self) -> DataLoader:
-        # Full batch means the whole table per step; under DDP each process takes its share.
-        world_size = self.trainer.world_size if self.trainer is not None else 1
-        batch_size = self.batch_size or math.ceil(len(self.dataset) / world_size)
-        return DataLoader(self.dataset, batch_size=batch_size, shuffle=False)
+        if self.batch_size is None:
+            return _full_batch_loader(self.dataset, self.trainer)
+        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader()
@@ -41,3 +73,188 @@ class XORDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader()
+
+
+def split_rows(n_rows: int, val_fraction: float, test_fraction: float,
+               seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices of the train, val and test splits: a seeded shuffle, then three slices.
+
+    val and test get ``round(n_rows * fraction)`` rows each, train the rest; every split must
+    get at least one row.
+    """
+    for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if isinstance(fraction, bool) or not isinstance(fraction, Real) \
+                or not 0 < fraction < 1:
+            raise ValueError(f"{name}={fraction!r} is not allowed; it must be a number above 0 "
+                             "and below 1")
+    if val_fraction + test_fraction >= 1:
+        raise ValueError(f"val_fraction={val_fraction} and test_fraction={test_fraction} add up "
+                         "to 1 or more, leaving no rows for training; keep their sum below 1")
+    n_val, n_test = round(n_rows * val_fraction), round(n_rows * test_fraction)
+    counts = {"train": n_rows - n_val - n_test, "val": n_val, "test": n_test}
+    for name, count in counts.items():
+        if count < 1:
+            raise ValueError(f"no rows left for the {name} split: {n_rows} rows with "
+                             f"val_fraction={val_fraction} and test_fraction={test_fraction} "
+                             f"give it {count}; use more rows or other fractions")
+    order = np.random.default_rng(seed).permutation(n_rows)
+    return order[:counts["train"]], order[counts["train"]:-n_test], order[-n_test:]
+
+
+class TableDataModule(L.LightningDataModule):
+    """Rows of inputs and targets, split once into train/val/test and served to Lightning.
+
+    Inputs are standardised (when ``standardize``) with the training split's mean and standard
+    deviation, so val and test are scaled as the model will see new data, not exactly to 0/1.
+    ``batch_size=None`` serves each split as one batch; an integer serves shuffled training
+    mini-batches whose order depends on ``seed`` alone (val and test stay in order).
+    ``seed`` also fixes the split. Subclasses produce the rows and call ``__init__``.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, *, val_fraction: float,
+                 test_fraction: float, standardize: bool, batch_size: int | None,
+                 seed: int, feature_names: list[str] | None = None) -> None:
+        super().__init__()
+        _check_batch_size(batch_size)
+        if not isinstance(standardize, bool):
+            raise ValueError(f"standardize={standardize!r} is not allowed; use true or false")
+        self.batch_size = batch_size
+        self.seed = seed
+        self.n_features = x.shape[1]
+        self.n_targets = y.shape[1]
+        self.binary_targets = bool(np.isin(y, (0.0, 1.0)).all())
+        self.feature_names = feature_names or [f"x{i + 1}" for i in range(self.n_features)]
+
+        train, val, test = split_rows(len(x), val_fraction, test_fraction, seed)
+        self.mean = np.zeros(self.n_features)
+        self.std = np.ones(self.n_features)
+        if standardize:
+            self.mean = x[train].mean(axis=0)
+            # A constant column is only centred: dividing by its zero spread would give NaN.
+            spread = x[train].std(axis=0)
+            self.std = np.where(spread > 0, spread, 1.0)
+        x = (x - self.mean) / self.std  # (N, n_features)
+
+        def tensors(rows: np.ndarray) -> TensorDataset:
+            return TensorDataset(torch.tensor(x[rows], dtype=torch.float32),
+                                 torch.tensor(y[rows], dtype=torch.float32))
+
+        self.train_set, self.val_set, self.test_set = tensors(train), tensors(val), tensors(test)
+
+    def train_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The training split as the model sees it: float32 (N, n_features) and (N, n_targets)."""
+        return tuple(t.numpy().copy() for t in self.train_set.tensors)
+
+    def _loader(self, dataset: TensorDataset, shuffle: bool) -> DataLoader:
+        if self.batch_size is None:
+            return _full_batch_loader(dataset, self.trainer)
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        if shuffle and world_size == 1:
+            # Lightning calls set_epoch on this sampler before every epoch, and its order
+            # depends on seed + epoch alone: a run resumed at epoch k sees the batches an
+            # uninterrupted run sees there. One replica: the whole split, reshuffled.
+            sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True,
+                                         seed=self.seed)
+            return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler)
+        # Under DDP, Lightning swaps in its own DistributedSampler, shuffled from the global
+        # seed and the epoch in the same way.
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+
+def _check_seed(seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed={seed!r} is not allowed; it must be an integer between 0 and "
+                         f"{MAX_SEED}")
+
+
+class MoonsDataModule(TableDataModule):
+    """scikit-learn's two moons: 2 inputs, 1 binary target."""
+
+    def __init__(self, samples: int = 300, noise: float = 0.1, val_fraction: float = 0.2,
+                 test_fraction: float = 0.2, standardize: bool = True,
+                 batch_size: int | None = None, seed: int = 0) -> None:
+        _check_seed(seed)
+        x, y = data_sources.two_moons(samples, noise, seed)
+        super().__init__(x, y, val_fraction=val_fraction, test_fraction=test_fraction,
+                         standardize=standardize, batch_size=batch_size, seed=seed)
+
+
+class CirclesDataModule(TableDataModule):
+    """scikit-learn's two concentric circles: 2 inputs, 1 binary target (1 = inner circle)."""
+
+    def __init__(self, samples: int = 300, noise: float = 0.05, factor: float = 0.5,
+                 val_fraction: float = 0.2, test_fraction: float = 0.2,
+                 standardize: bool = True, batch_size: int | None = None,
+                 seed: int = 0) -> None:
+        _check_seed(seed)
+        x, y = data_sources.two_circles(samples, noise, factor, seed)
+        super().__init__(x, y, val_fraction=val_fraction, test_fraction=test_fraction,
+                         standardize=standardize, batch_size=batch_size, seed=seed)
+
+
+class BlobsDataModule(TableDataModule):
+    """Two Gaussian blobs from scikit-learn: 2 inputs, 1 binary target (the blob)."""
+
+    def __init__(self, samples: int = 300, noise: float = 1.0, val_fraction: float = 0.2,
+                 test_fraction: float = 0.2, standardize: bool = True,
+                 batch_size: int | None = None, seed: int = 0) -> None:
+        _check_seed(seed)
+        x, y = data_sources.two_blobs(samples, noise, seed)
+        super().__init__(x, y, val_fraction=val_fraction, test_fraction=test_fraction,
+                         standardize=standardize, batch_size=batch_size, seed=seed)
+
+
+class SpiralDataModule(TableDataModule):
+    """Two interleaved spirals: 2 inputs, 1 binary target (the arm)."""
+
+    def __init__(self, samples: int = 300, noise: float = 0.05, turns: float = 1.0,
+                 val_fraction: float = 0.2, test_fraction: float = 0.2,
+                 standardize: bool = True, batch_size: int | None = None,
+                 seed: int = 0) -> None:
+        _check_seed(seed)
+        x, y = data_sources.two_spirals(samples, noise, turns, seed)
+        super().__init__(x, y, val_fraction=val_fraction, test_fraction=test_fraction,
+                         standardize=standardize, batch_size=batch_size, seed=seed)
+
+
+class CSVDataModule(TableDataModule):
+    """Columns of a CSV file with a header row: the chosen features as inputs, target(s) out.
+
+    A relative ``path`` starts from the directory the command was started from (see
+    ``data_sources.resolve_path``). ``target=None`` takes the last column, ``features=None``
+    every column but the targets.
+    """
+
+    def __init__(self, path: str, target: str | list[str] | None = None,
+                 features: str | list[str] | None = None, val_fraction: float = 0.2,
+                 test_fraction: float = 0.2, standardize: bool = True,
+                 batch_size: int | None = None, seed: int = 0) -> None:
+        _check_seed(seed)
+        self.path = data_sources.resolve_path(path)
+        x, y, names, self.target_names = data_sources.read_csv(path, features, target)
+        super().__init__(x, y, val_fraction=val_fraction, test_fraction=test_fraction,
+                         standardize=standardize, batch_size=batch_size, seed=seed,
+                         feature_names=names)
+
+
+class BreastCancerDataModule(TableDataModule):
+    """scikit-learn's breast cancer table: the chosen features, 1 binary target (1 = benign)."""
+
+    def __init__(self, features: list[str] | None = ("mean radius", "mean texture"),
+                 val_fraction: float = 0.2, test_fraction: float = 0.2,
+                 standardize: bool = True, batch_size: int | None = None,
+                 seed: int = 0) -> None:
+        _check_seed(seed)
+        x, y, names = data_sources.breast_cancer(features)
+        super().__init__(x, y, val_fraction=val_fraction, test_fraction=test_fraction,
+                         standardize=standardize, batch_size=batch_size, seed=seed,
+                         feature_names=names)

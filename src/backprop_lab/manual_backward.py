@@ -1,26 +1,39 @@
-"""Backpropagation derived by hand for a two-layer sigmoid network and its squared-error loss.
+"""Backpropagation derived by hand for a multi-layer perceptron and its losses.
 
-Both functions are ``torch.autograd.Function``s whose ``backward`` applies the chain rule
+Every function here is a ``torch.autograd.Function`` whose ``backward`` applies the chain rule
 written out step by step; no autograd runs inside them. They depend on torch alone, so they can
 be used outside Lightning.
 
-Notation (batch of B rows, I inputs, H hidden units, O outputs)::
+Notation (batch of B rows; layer l maps n_{l-1} units to n_l units, a_0 = x)::
 
-    z_hidden = x @ w_hidden.T + b_hidden      h = sigmoid(z_hidden)
-    z_out    = h @ w_out.T + b_out            y_hat = sigmoid(z_out)
+    z_l = a_{l-1} @ w_l.T + b_l        a_l = f_l(z_l)        y_hat = a_L
 
-For the 2-2-1 network, ``w_hidden = [[w1, w2], [w3, w4]]`` and ``w_out = [[w5, w6]]``.
+For the textbook 2-2-1 sigmoid network, L = 2, ``w_1 = w_hidden = [[w1, w2], [w3, w4]]`` and
+``w_2 = w_out = [[w5, w6]]``; the backward is then exactly
 
-Under ``torch.autocast`` both compute in the dtypes autocast gives the same operations through
-autograd: the network in the autocast dtype (bfloat16 for Lightning's ``bf16-mixed``), as two
-``F.linear`` layers would, and the loss in float32, as ``F.mse_loss`` is. Each gradient comes
-back in its input's own dtype, so float32 weights get float32 ``.grad``.
+    delta_out    = dL/dy_hat * y_hat (1 - y_hat)           dL/dw_out    = delta_out.T @ h
+    delta_hidden = (delta_out @ w_out) * h (1 - h)         dL/dw_hidden = delta_hidden.T @ x
+
+Under ``torch.autocast`` the functions compute in the dtypes autocast gives the same operations
+through autograd: the layers in the autocast dtype (bfloat16 for Lightning's ``bf16-mixed``), as
+``F.linear`` would, and the losses in float32, as ``F.mse_loss`` is. Each gradient comes back in
+its input's own dtype, so float32 weights get float32 ``.grad``.
 """
 
 from contextlib import nullcontext
 
 import torch
 from torch import Tensor
+
+# Each activation f with its derivative written in terms of its output a = f(z), which is all
+# the backward keeps: sigmoid' = a (1 - a), tanh' = 1 - a^2, relu' = [a > 0], identity' = 1.
+ACTIVATIONS = {
+    "sigmoid": (torch.sigmoid, lambda a: a * (1 - a)),
+    "tanh": (torch.tanh, lambda a: 1 - a * a),
+    "relu": (torch.relu, lambda a: (a > 0).to(a.dtype)),
+    "identity": (lambda z: z, None),
+}
+REDUCTIONS = ("mean", "sum")
 
 
 def _autocast_dtype(tensor: Tensor) -> torch.dtype | None:
@@ -45,140 +58,215 @@ def _autocast_off(tensor: Tensor):
     return torch.autocast(tensor.device.type, enabled=False)
 
 
-def _in_input_dtypes(grads: tuple, dtypes: tuple) -> tuple:
+def _in_input_dtypes(grads, dtypes) -> tuple:
     """Each gradient in the dtype of the input it belongs to; None stays None."""
     return tuple(None if g is None else g.to(dtype) for g, dtype in zip(grads, dtypes))
 
 
-class SigmoidMLPFunction(torch.autograd.Function):
-    """Forward of the two-layer sigmoid network; backward by the chain rule.
+def _reduce(elements: Tensor, reduction: str) -> Tensor:
+    return elements.mean() if reduction == "mean" else elements.sum()
 
-    Inputs are ``x`` (B, I), ``w_hidden`` (H, I), ``b_hidden`` (H,) or None, ``w_out`` (O, H),
-    ``b_out`` (O,) or None. Returns ``y_hat`` (B, O), in the autocast dtype under autocast.
+
+class MLPFunction(torch.autograd.Function):
+    """Forward of a multi-layer perceptron; backward by the chain rule, layer by layer.
+
+    Call as ``MLPFunction.apply(x, activations, w_1, b_1, ..., w_L, b_L)`` with ``x`` (B, n_0),
+    ``w_l`` (n_l, n_{l-1}), ``b_l`` (n_l,) or None, and ``activations`` a tuple of L names from
+    ``ACTIVATIONS``. Returns ``y_hat`` (B, n_L), then the hidden activations a_1 .. a_{L-1},
+    which are returned only so that the backward can keep them without a second forward.
     """
 
     @staticmethod
-    def forward(x, w_hidden, b_hidden, w_out, b_out):
+    def forward(x, activations, *params):
         dtype = _autocast_dtype(x)
         if dtype is not None:
             # F.linear under autocast casts all its inputs, bias included. Casting here and
-            # switching autocast off below keeps bf16 (x @ w) + float32 b from going float32.
-            x, w_hidden, b_hidden, w_out, b_out = (
-                _cast_as_autocast(t, dtype) for t in (x, w_hidden, b_hidden, w_out, b_out)
-            )
+            # switching autocast off below keeps bf16 (a @ w) + float32 b from going float32.
+            x = _cast_as_autocast(x, dtype)
+            params = tuple(_cast_as_autocast(p, dtype) for p in params)
 
+        a = x
+        hidden = []
         with _autocast_off(x):
-            z_hidden = x @ w_hidden.T  # (B, H)
-            if b_hidden is not None:
-                z_hidden = z_hidden + b_hidden
-            h = torch.sigmoid(z_hidden)
-
-            z_out = h @ w_out.T  # (B, O)
-            if b_out is not None:
-                z_out = z_out + b_out
-            y_hat = torch.sigmoid(z_out)
-        return y_hat, h
+            for layer, name in enumerate(activations):
+                w, b = params[2 * layer], params[2 * layer + 1]
+                z = a @ w.T  # (B, n_l)
+                if b is not None:
+                    z = z + b
+                a = ACTIVATIONS[name][0](z)
+                hidden.append(a)
+        return (a, *hidden[:-1])
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, w_hidden, _, w_out, _ = inputs
-        y_hat, h = output
-        ctx.save_for_backward(x, w_hidden, w_out, h, y_hat)
-        ctx.input_dtypes = tuple(None if t is None else t.dtype for t in inputs)
-        # The hidden activations are returned only so that they can be saved without a second
-        # forward; they are an internal detail, not a differentiable output.
-        ctx.mark_non_differentiable(h)
+        x, activations, *params = inputs
+        weights = params[0::2]
+        y_hat, *hidden = output
+        ctx.save_for_backward(x, *weights, *hidden, y_hat)
+        ctx.activations = activations
+        ctx.input_dtypes = tuple(None if t is None else t.dtype for t in (x, *params))
+        ctx.mark_non_differentiable(*hidden)
 
     @staticmethod
-    def backward(ctx, grad_y_hat, _grad_h):
-        x, w_hidden, w_out, h, y_hat = ctx.saved_tensors
-        need_x, need_w_hidden, need_b_hidden, need_w_out, need_b_out = ctx.needs_input_grad
-        grad_x = grad_w_hidden = grad_b_hidden = grad_w_out = grad_b_out = None
+    def backward(ctx, grad_y_hat, *_grad_hidden):
+        activations = ctx.activations
+        n_layers = len(activations)
+        x, *rest = ctx.saved_tensors
+        weights, outputs = rest[:n_layers], rest[n_layers:]  # outputs: a_1 .. a_L = y_hat
+        need_x, _, *need_params = ctx.needs_input_grad
+        need_w, need_b = need_params[0::2], need_params[1::2]
+        grad_x = None
+        grad_w: list[Tensor | None] = [None] * n_layers
+        grad_b: list[Tensor | None] = [None] * n_layers
 
-        # The chain rule runs in the dtype the forward ran in (h's), with autocast off: on the
-        # CPU backward() runs in its caller's autocast state, which would otherwise leak in.
-        x, w_hidden, w_out = x.to(h.dtype), w_hidden.to(h.dtype), w_out.to(h.dtype)
-        with _autocast_off(h):
-            # Output delta: dL/dz_out = dL/dy_hat * sigmoid'(z_out), and
-            # sigmoid' = y_hat (1 - y_hat).
-            delta_out = grad_y_hat.to(h.dtype) * y_hat * (1 - y_hat)  # (B, O)
+        # The chain rule runs in the dtype the forward ran in (y_hat's), with autocast off: on
+        # the CPU backward() runs in its caller's autocast state, which would otherwise leak in.
+        dtype = outputs[-1].dtype
+        x, weights = x.to(dtype), [w.to(dtype) for w in weights]
+        with _autocast_off(outputs[-1]):
+            # Output delta: dL/dz_L = dL/dy_hat * f_L'(z_L).
+            delta = grad_y_hat.to(dtype)  # (B, n_L)
+            derivative = ACTIVATIONS[activations[-1]][1]
+            if derivative is not None:
+                delta = delta * derivative(outputs[-1])
 
-            # z_out = h @ w_out.T + b_out, so dL/dw_out = delta_out.T @ h, summed over the batch.
-            if need_w_out:
-                grad_w_out = delta_out.T @ h  # (O, H)
-            if need_b_out:
-                grad_b_out = delta_out.sum(dim=0)  # (O,)
+            for layer in reversed(range(n_layers)):
+                a_prev = outputs[layer - 1] if layer > 0 else x  # (B, n_{l-1})
+                # z_l = a_{l-1} @ w_l.T + b_l, so dL/dw_l = delta_l.T @ a_{l-1}, summed over
+                # the batch, and dL/db_l = delta_l summed over the batch.
+                if need_w[layer]:
+                    grad_w[layer] = delta.T @ a_prev  # (n_l, n_{l-1})
+                if need_b[layer]:
+                    grad_b[layer] = delta.sum(dim=0)  # (n_l,)
+                if layer == 0:
+                    if need_x:
+                        grad_x = delta @ weights[0]  # (B, n_0)
+                    break
+                if not (need_x or any(need_w[:layer]) or any(need_b[:layer])):
+                    break  # nothing below this layer wants a gradient
+                # Hidden delta: the delta sent back through w_l, times f_{l-1}'(z_{l-1}).
+                delta = delta @ weights[layer]  # (B, n_{l-1})
+                derivative = ACTIVATIONS[activations[layer - 1]][1]
+                if derivative is not None:
+                    delta = delta * derivative(a_prev)
 
-            # Hidden delta: the output delta sent back through w_out, times sigmoid'(z_hidden).
-            if need_x or need_w_hidden or need_b_hidden:
-                delta_hidden = (delta_out @ w_out) * h * (1 - h)  # (B, H)
-                if need_w_hidden:
-                    grad_w_hidden = delta_hidden.T @ x  # (H, I)
-                if need_b_hidden:
-                    grad_b_hidden = delta_hidden.sum(dim=0)  # (H,)
-                if need_x:
-                    grad_x = delta_hidden @ w_hidden  # (B, I)
+        grads = [grad_x]
+        for w_grad, b_grad in zip(grad_w, grad_b):
+            grads += [w_grad, b_grad]
+        grads = _in_input_dtypes(grads, ctx.input_dtypes)
+        return grads[0], None, *grads[1:]
 
-        grads = (grad_x, grad_w_hidden, grad_b_hidden, grad_w_out, grad_b_out)
-        return _in_input_dtypes(grads, ctx.input_dtypes)
+
+def _check_same_shape(y_hat: Tensor, y: Tensor) -> None:
+    if y_hat.shape != y.shape:
+        # Broadcasting (B, 1) against (B,) would silently average a (B, B) table.
+        raise ValueError(f"y_hat has shape {tuple(y_hat.shape)} but y has {tuple(y.shape)}")
+
+
+def _loss_inputs_float32(y_hat: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Under autocast, losses run in float32 (as mse_loss and BCE-with-logits do there)."""
+    if _autocast_dtype(y_hat) is None:
+        return y_hat, y
+    return _cast_as_autocast(y_hat, torch.float32), _cast_as_autocast(y, torch.float32)
 
 
 class SquaredErrorFunction(torch.autograd.Function):
-    """Squared-error loss averaged over every element, with its gradient derived by hand.
+    """Squared-error loss with its gradient derived by hand.
 
-    ``half=False`` is ``mse``: mean of (y_hat - y)^2, as Keras' ``MeanSquaredError``.
-    ``half=True`` is ``half_mse``: mean of 1/2 (y_hat - y)^2, the textbook form whose gradient
-    for one sample is exactly (y_hat - y). The two gradients differ by a factor of 2. Under
-    autocast the loss is float32, as ``F.mse_loss``'s is.
+    ``half=False`` is ``mse``: (y_hat - y)^2, as Keras' ``MeanSquaredError``. ``half=True`` is
+    ``half_mse``: 1/2 (y_hat - y)^2, the textbook form whose gradient for one sample is exactly
+    (y_hat - y). The two gradients differ by a factor of 2. ``reduction`` "mean" averages over
+    every element, "sum" adds them up.
     """
 
     @staticmethod
-    def forward(y_hat, y, half):
-        if y_hat.shape != y.shape:
-            # Broadcasting (B, 1) against (B,) would silently average a (B, B) table.
-            raise ValueError(f"y_hat has shape {tuple(y_hat.shape)} but y has {tuple(y.shape)}")
-        if _autocast_dtype(y_hat) is not None:
-            # Autocast runs mse_loss in float32: squared gaps between bf16 outputs near their
-            # targets keep few significant digits.
-            y_hat, y = _cast_as_autocast(y_hat, torch.float32), _cast_as_autocast(y, torch.float32)
-
+    def forward(y_hat, y, half, reduction):
+        _check_same_shape(y_hat, y)
+        y_hat, y = _loss_inputs_float32(y_hat, y)
         with _autocast_off(y_hat):
             error = y_hat - y
             scale = 0.5 if half else 1.0
-            return scale * (error * error).mean()
+            return scale * _reduce(error * error, reduction)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        y_hat, y, half = inputs
+        y_hat, y, half, reduction = inputs
         ctx.save_for_backward(y_hat, y)
-        ctx.half = half
+        ctx.half, ctx.reduction = half, reduction
         ctx.input_dtypes = (y_hat.dtype, y.dtype)
 
     @staticmethod
     def backward(ctx, grad_loss):
         y_hat, y = ctx.saved_tensors
-        need_y_hat, need_y, _ = ctx.needs_input_grad
+        need_y_hat, need_y, _, _ = ctx.needs_input_grad
 
         # In the loss's dtype (grad_loss's), as the forward computed; float32 under autocast.
         y_hat, y = y_hat.to(grad_loss.dtype), y.to(grad_loss.dtype)
 
-        # d/dy_hat of scale * mean(e^2) is scale * 2 e / N, with N the number of elements.
-        factor = (1.0 if ctx.half else 2.0) / y_hat.numel()
+        # d/dy_hat of scale * e^2 is 2 scale e, divided by N elements under "mean".
+        factor = 1.0 if ctx.half else 2.0
+        if ctx.reduction == "mean":
+            factor /= y_hat.numel()
         grad_error = grad_loss * factor * (y_hat - y)  # (B, O)
 
         grad_y_hat = grad_error if need_y_hat else None
         grad_y = -grad_error if need_y else None
-        return *_in_input_dtypes((grad_y_hat, grad_y), ctx.input_dtypes), None
+        return *_in_input_dtypes((grad_y_hat, grad_y), ctx.input_dtypes), None, None
+
+
+class BCEWithLogitsFunction(torch.autograd.Function):
+    """Binary cross-entropy on logits z, with its gradient derived by hand.
+
+    L = -[y log sigmoid(z) + (1 - y) log(1 - sigmoid(z))], computed as
+    max(z, 0) - z y + log(1 + exp(-|z|)) so that no exponential overflows. Its derivative is
+    simply sigmoid(z) - y: the sigmoid's own derivative cancels against the logarithm's.
+    """
+
+    @staticmethod
+    def forward(z, y, reduction):
+        _check_same_shape(z, y)
+        z, y = _loss_inputs_float32(z, y)
+        with _autocast_off(z):
+            elements = z.clamp(min=0) - z * y + torch.log1p(torch.exp(-z.abs()))
+            return _reduce(elements, reduction)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        z, y, reduction = inputs
+        ctx.save_for_backward(z, y)
+        ctx.reduction = reduction
+        ctx.input_dtypes = (z.dtype, y.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        z, y = ctx.saved_tensors
+        need_z, need_y, _ = ctx.needs_input_grad
+        z, y = z.to(grad_loss.dtype), y.to(grad_loss.dtype)
+
+        factor = grad_loss / z.numel() if ctx.reduction == "mean" else grad_loss
+        grad_z = factor * (torch.sigmoid(z) - y) if need_z else None  # (B, O)
+        # dL/dy = -z, the logit itself.
+        grad_y = factor * -z if need_y else None
+        return *_in_input_dtypes((grad_z, grad_y), ctx.input_dtypes), None
+
+
+def mlp(x: Tensor, activations: tuple[str, ...], *params: Tensor | None) -> Tensor:
+    """``y_hat`` of the perceptron with weights ``w_1, b_1, ..., w_L, b_L``, by the manual backward."""
+    return MLPFunction.apply(x, tuple(activations), *params)[0]
 
 
 def sigmoid_mlp(
     x: Tensor, w_hidden: Tensor, b_hidden: Tensor | None, w_out: Tensor, b_out: Tensor | None
 ) -> Tensor:
     """``y_hat`` (B, O) of the two-layer sigmoid network, differentiated by the manual backward."""
-    y_hat, _ = SigmoidMLPFunction.apply(x, w_hidden, b_hidden, w_out, b_out)
-    return y_hat
+    return mlp(x, ("sigmoid", "sigmoid"), w_hidden, b_hidden, w_out, b_out)
 
 
-def squared_error(y_hat: Tensor, y: Tensor, half: bool = False) -> Tensor:
+def squared_error(y_hat: Tensor, y: Tensor, half: bool = False, reduction: str = "mean") -> Tensor:
     """Scalar squared-error loss (see ``SquaredErrorFunction``), differentiated by hand."""
-    return SquaredErrorFunction.apply(y_hat, y, half)
+    return SquaredErrorFunction.apply(y_hat, y, half, reduction)
+
+
+def bce_with_logits(z: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
+    """Scalar binary cross-entropy on logits (see ``BCEWithLogitsFunction``), by hand."""
+    return BCEWithLogitsFunction.apply(z, y, reduction)

@@ -1,47 +1,55 @@
-"""LightningModule that trains ``SigmoidMLP``: loss, accuracy, optimizer and logging."""
+"""LightningModule that trains ``MLP``: loss, accuracy, optimizer and logging."""
 
 import time
+from collections.abc import Sequence
 
 import lightning as L
 import torch
 from torch import Tensor
 from torchmetrics.classification import BinaryAccuracy
 
-from backprop_lab.network import LOSSES, SigmoidMLP
+from backprop_lab.network import MLP
 from backprop_lab.optimizers import build_optimizer
 
+
 class BackpropModule(L.LightningModule):
-    """Trains the two-layer sigmoid network with autograd or the hand-derived backward.
+    """Trains the perceptron with autograd or the hand-derived backward.
 
     Every argument is a plain value, so the checkpoint restores with
-    ``BackpropModule.load_from_checkpoint(path)`` in any Python process. ``init`` holds the
-    arguments of ``SigmoidMLP.initialize`` (seed, scheme, scale, weights); ``optimizer`` holds
-    ``name`` ("sgd" or "adam") and that optimizer's settings. Loss ``mse`` is the mean of
-    squares and ``half_mse`` the mean of half squares. Outputs above 0.5 count as class 1.
+    ``BackpropModule.load_from_checkpoint(path)`` in any Python process. The network's
+    arguments are ``MLP``'s; ``init`` holds those of ``MLP.initialize`` (seed, scheme, scale,
+    weights); ``optimizer`` holds ``name`` ("sgd" or "adam") and that optimizer's settings.
+    With one output, accuracy counts outputs (probabilities, under bce) above 0.5 as class 1;
+    with several outputs (regression) only the loss is logged.
     """
 
     def __init__(
         self,
         n_inputs: int = 2,
-        n_hidden: int = 2,
+        hidden: Sequence[int] = (2,),
         n_outputs: int = 1,
-        bias: bool = True,
+        activation: str | Sequence[str] = "sigmoid",
+        output_activation: str = "sigmoid",
+        bias: bool | Sequence[bool] = True,
+        freeze_bias: bool | Sequence[bool] = False,
         backward: str = "manual",
         loss: str = "mse",
+        reduction: str = "mean",
         init: dict | None = None,
         optimizer: dict | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = SigmoidMLP(n_inputs, n_hidden, n_outputs, bias=bias, backward=backward)
+        self.net = MLP(n_inputs, hidden, n_outputs, activation=activation,
+                       output_activation=output_activation, bias=bias, freeze_bias=freeze_bias,
+                       backward=backward, loss=loss, reduction=reduction)
         self.net.initialize(**(init or {}))
-        self.loss_name = loss
         self.optimizer_settings = dict(optimizer or {"name": "sgd", "lr": 0.1})
-        if loss not in LOSSES:
-            raise ValueError(f"loss={loss!r} is not one of {', '.join(LOSSES)}")
-        self.train_acc = BinaryAccuracy()
-        self.val_acc = BinaryAccuracy()
-        self.test_acc = BinaryAccuracy()
+        self.classifies = n_outputs == 1
+        # validate_args off: a regression target outside {0, 1} must not stop training.
+        self.train_acc = BinaryAccuracy(validate_args=False)
+        self.val_acc = BinaryAccuracy(validate_args=False)
+        self.test_acc = BinaryAccuracy(validate_args=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -50,20 +58,22 @@ class BackpropModule(L.LightningModule):
         x, y = batch
         start = time.perf_counter()
         y_hat = self.net(x)
-        loss = self.net.loss(y_hat, y, self.loss_name)
+        loss = self.net.loss(y_hat, y)
         if stage == "train":
             if loss.is_cuda:
                 torch.cuda.synchronize(loss.device)
             # Read by the TrainingHistory callback: the network's share of the step.
             self.last_forward_seconds = time.perf_counter() - start
 
-        accuracy = getattr(self, f"{stage}_acc")
-        accuracy(y_hat.detach(), y)
         batch_size = x.shape[0]
         # sync_dist averages over DDP processes; on one process it costs nothing.
         self.log(f"{stage}/loss", loss.detach(), on_step=False, on_epoch=True,
                  batch_size=batch_size, sync_dist=True)
-        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, batch_size=batch_size)
+        if self.classifies:
+            accuracy = getattr(self, f"{stage}_acc")
+            accuracy(self.net.probability(y_hat.detach()), y)
+            self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True,
+                     batch_size=batch_size)
         return loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -76,4 +86,5 @@ class BackpropModule(L.LightningModule):
         self._shared_step(batch, "test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return build_optimizer(self.parameters(), **self.optimizer_settings)
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        return build_optimizer(trainable, **self.optimizer_settings)

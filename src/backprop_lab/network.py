@@ -1,84 +1,144 @@
-"""The two-layer sigmoid network whose gradients are computed either by autograd or by hand."""
+"""The multi-layer perceptron whose gradients come from autograd or from the manual backward."""
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from backprop_lab.manual_backward import SigmoidMLPFunction, squared_error
+from backprop_lab.manual_backward import (
+    ACTIVATIONS,
+    REDUCTIONS,
+    MLPFunction,
+    bce_with_logits,
+    squared_error,
+)
 
 BACKWARDS = ("manual", "autograd")
-LOSSES = ("mse", "half_mse")
+LOSSES = ("mse", "half_mse", "bce")
 INIT_SCHEMES = ("uniform", "normal", "glorot_uniform")
 
-# Names of the explicit initial weights, in the shape nn.Linear stores them.
-WEIGHT_NAMES = ("w_hidden", "b_hidden", "w_out", "b_out")
+
+def _per_layer(value, n_layers: int, name: str) -> list:
+    """``value`` repeated for every layer, or checked to have one entry per layer."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != n_layers:
+            raise ValueError(f"{name}={list(value)} needs {n_layers} entries, one per layer")
+        return list(value)
+    return [value] * n_layers
 
 
-class SigmoidMLP(nn.Module):
-    """Inputs -> sigmoid hidden layer -> sigmoid output; 2-2-1 by default.
+def weight_names(n_hidden_layers: int) -> list[str]:
+    """Names of the weight tensors, in layer order: w_hidden, b_hidden, w_out, b_out for one
+    hidden layer; w_hidden1, b_hidden1, w_hidden2, ... for several."""
+    names = []
+    for i in range(n_hidden_layers):
+        suffix = "" if n_hidden_layers == 1 else str(i + 1)
+        names += [f"w_hidden{suffix}", f"b_hidden{suffix}"]
+    return names + ["w_out", "b_out"]
 
-    ``hidden.weight`` is ``w_hidden`` (H, I) and ``output.weight`` is ``w_out`` (O, H), as in
-    ``nn.Linear``. ``backward="manual"`` routes the forward through ``SigmoidMLPFunction`` so that
-    gradients come from the hand-derived backward; ``"autograd"`` uses plain torch operations.
+
+class MLP(nn.Module):
+    """Inputs -> hidden layers -> output; by default the 2-2-1 network with sigmoid everywhere.
+
+    ``layers[l].weight`` is ``w_l`` (n_l, n_{l-1}) as ``nn.Linear`` stores it. ``backward=
+    "manual"`` routes the forward through ``MLPFunction`` and the loss through the hand-derived
+    loss functions; ``"autograd"`` uses plain torch operations. Losses: ``mse`` is (y_hat - y)^2,
+    ``half_mse`` is 1/2 (y_hat - y)^2, ``bce`` is binary cross-entropy on the output taken as
+    logits (so the output activation must be ``identity``); ``reduction`` averages (``mean``) or
+    adds (``sum``) over every element. ``bias`` and ``freeze_bias`` take one value for every
+    layer or a list with one per layer; a frozen bias keeps its initial value.
     """
 
     # The Function the manual mode runs; a test may put a deliberately wrong one here.
-    manual_function: type[torch.autograd.Function] = SigmoidMLPFunction
+    manual_function: type[torch.autograd.Function] = MLPFunction
 
     def __init__(
         self,
         n_inputs: int = 2,
-        n_hidden: int = 2,
+        hidden: Sequence[int] = (2,),
         n_outputs: int = 1,
-        bias: bool = True,
+        activation: str | Sequence[str] = "sigmoid",
+        output_activation: str = "sigmoid",
+        bias: bool | Sequence[bool] = True,
+        freeze_bias: bool | Sequence[bool] = False,
         backward: str = "manual",
+        loss: str = "mse",
+        reduction: str = "mean",
     ) -> None:
         super().__init__()
-        if backward not in BACKWARDS:
-            raise ValueError(f"backward={backward!r} is not one of {', '.join(BACKWARDS)}")
+        hidden = list(hidden)
+        if not hidden or any(not isinstance(w, int) or w < 1 for w in hidden):
+            raise ValueError(f"hidden={hidden} must list one or more widths, each at least 1")
+        n_layers = len(hidden) + 1
+        activations = _per_layer(activation, len(hidden), "activation") + [output_activation]
+        for name in activations:
+            if name not in ACTIVATIONS:
+                raise ValueError(f"activation {name!r} is not one of {', '.join(ACTIVATIONS)}")
+        for value, name, allowed in ((backward, "backward", BACKWARDS), (loss, "loss", LOSSES),
+                                     (reduction, "reduction", REDUCTIONS)):
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+        if loss == "bce" and output_activation != "identity":
+            raise ValueError(f"loss=bce takes the output as logits; output_activation="
+                             f"{output_activation!r} must be 'identity'")
+
         self.backward = backward
-        self.hidden = nn.Linear(n_inputs, n_hidden, bias=bias)
-        self.output = nn.Linear(n_hidden, n_outputs, bias=bias)
+        self.loss_name = loss
+        self.reduction = reduction
+        self.activations = tuple(activations)
+        widths = [n_inputs, *hidden, n_outputs]
+        biases = _per_layer(bias, n_layers, "bias")
+        frozen = _per_layer(freeze_bias, n_layers, "freeze_bias")
+        self.layers = nn.ModuleList(
+            nn.Linear(n_in, n_out, bias=with_bias)
+            for n_in, n_out, with_bias in zip(widths[:-1], widths[1:], biases)
+        )
+        for layer, freeze in zip(self.layers, frozen):
+            if freeze and layer.bias is not None:
+                layer.bias.requires_grad_(False)
+
+    def _params(self) -> list[Tensor | None]:
+        return [t for layer in self.layers for t in (layer.weight, layer.bias)]
 
     def forward(self, x: Tensor, backward: str | None = None) -> Tensor:
-        """``y_hat`` (B, O) in (0, 1) for ``x`` (B, I); ``backward`` overrides the module's mode."""
+        """``y_hat`` (B, n_outputs) for ``x`` (B, n_inputs); ``backward`` overrides the mode."""
         if (backward or self.backward) == "manual":
-            y_hat, _ = self.manual_function.apply(
-                x, self.hidden.weight, self.hidden.bias, self.output.weight, self.output.bias
-            )
-            return y_hat
-        h = torch.sigmoid(F.linear(x, self.hidden.weight, self.hidden.bias))  # (B, H)
-        return torch.sigmoid(F.linear(h, self.output.weight, self.output.bias))  # (B, O)
+            return self.manual_function.apply(x, self.activations, *self._params())[0]
+        a = x
+        for layer, name in zip(self.layers, self.activations):
+            a = ACTIVATIONS[name][0](F.linear(a, layer.weight, layer.bias))  # (B, n_l)
+        return a
 
-    def loss(self, y_hat: Tensor, y: Tensor, kind: str = "mse", backward: str | None = None
-             ) -> Tensor:
-        """Scalar loss: ``mse`` is mean of squares, ``half_mse`` is mean of 1/2 squares."""
-        if kind not in LOSSES:
-            raise ValueError(f"loss={kind!r} is not one of {', '.join(LOSSES)}")
-        half = kind == "half_mse"
-        if (backward or self.backward) == "manual":
-            return squared_error(y_hat, y, half=half)
-        mse = F.mse_loss(y_hat, y)
-        return 0.5 * mse if half else mse
+    def loss(self, y_hat: Tensor, y: Tensor, backward: str | None = None) -> Tensor:
+        """The scalar loss of ``y_hat`` against ``y`` (see the class docstring)."""
+        manual = (backward or self.backward) == "manual"
+        if self.loss_name == "bce":
+            if manual:
+                return bce_with_logits(y_hat, y, self.reduction)
+            return F.binary_cross_entropy_with_logits(y_hat, y, reduction=self.reduction)
+        half = self.loss_name == "half_mse"
+        if manual:
+            return squared_error(y_hat, y, half=half, reduction=self.reduction)
+        squared = F.mse_loss(y_hat, y, reduction=self.reduction)
+        return 0.5 * squared if half else squared
 
-    def gradients(self, x: Tensor, y: Tensor, kind: str, backward: str) -> dict[str, Tensor]:
+    def probability(self, y_hat: Tensor) -> Tensor:
+        """The output read as the probability of class 1 (sigmoid of the logits under bce)."""
+        return torch.sigmoid(y_hat) if self.loss_name == "bce" else y_hat
+
+    def gradients(self, x: Tensor, y: Tensor, backward: str) -> dict[str, Tensor]:
         """dL/dw for every trainable weight by the given backward, leaving ``.grad`` untouched."""
         named = {n: t for n, t in self.named_weights().items() if t is not None and t.requires_grad}
         with torch.enable_grad():
-            loss = self.loss(self(x, backward), y, kind, backward)
+            loss = self.loss(self(x, backward), y, backward)
             grads = torch.autograd.grad(loss, list(named.values()))
         return dict(zip(named, grads))
 
     def named_weights(self) -> dict[str, Tensor | None]:
-        """The tensors under their derivation names: w_hidden, b_hidden, w_out, b_out."""
-        return {
-            "w_hidden": self.hidden.weight,
-            "b_hidden": self.hidden.bias,
-            "w_out": self.output.weight,
-            "b_out": self.output.bias,
-        }
+        """The tensors under their derivation names (see ``weight_names``); None for no bias."""
+        return dict(zip(weight_names(len(self.layers) - 1), self._params()))
 
     @torch.no_grad()
     def initialize(
@@ -94,12 +154,12 @@ class SigmoidMLP(nn.Module):
         ``glorot_uniform`` from U(-a, a) with a = scale * sqrt(6 / (fan_in + fan_out)) and zero
         biases, as Keras' Dense layer does. The generator is private, so the weights depend on
         ``seed`` alone and not on whatever else consumed the global random state. ``weights``
-        maps any of w_hidden, b_hidden, w_out, b_out to nested lists that replace the draw.
+        maps names from ``named_weights`` to nested lists that replace the draw.
         """
         if scheme not in INIT_SCHEMES:
             raise ValueError(f"init scheme={scheme!r} is not one of {', '.join(INIT_SCHEMES)}")
         generator = torch.Generator().manual_seed(seed)
-        for layer in (self.hidden, self.output):
+        for layer in self.layers:
             for tensor in (layer.weight, layer.bias):
                 if tensor is None:
                     continue
@@ -115,18 +175,20 @@ class SigmoidMLP(nn.Module):
                     limit = scale * math.sqrt(6.0 / (fan_in + fan_out))
                     draw.uniform_(-limit, limit, generator=generator)
                 tensor.copy_(draw)
+        self._set_weights(weights)
 
+    def _set_weights(self, weights: dict | None) -> None:
         if weights is not None and not isinstance(weights, dict):
-            raise ValueError(f"init weights={weights!r} must map names ({', '.join(WEIGHT_NAMES)})"
-                             " to nested lists of numbers")
+            raise ValueError(f"init weights={weights!r} must map names "
+                             f"({', '.join(self.named_weights())}) to nested lists of numbers")
         current = self.named_weights()
         for name, value in (weights or {}).items():
             if name not in current:
                 raise ValueError(
-                    f"init weights: unknown name {name!r}; known names: {', '.join(WEIGHT_NAMES)}"
+                    f"init weights: unknown name {name!r}; known names: {', '.join(current)}"
                 )
             if current[name] is None:
-                raise ValueError(f"init weights: {name!r} given but the network has no biases")
+                raise ValueError(f"init weights: {name!r} given but that layer has no bias")
             shape = tuple(current[name].shape)
             try:
                 given = torch.as_tensor(value, dtype=torch.float64)

@@ -48,16 +48,24 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     return path
 
 
-def _network(weights: Mapping):
-    """A SigmoidMLP holding ``weights`` (as in metrics.json), its shape read from them."""
-    # Imported here: torch takes seconds to import and the report's pictures do not need it.
-    from backprop_lab.network import SigmoidMLP
+def _network(weights: Mapping, model: Mapping | None = None):
+    """An MLP holding ``weights`` (as in metrics.json), its shape read from them.
 
-    w_hidden, w_out = weights["w_hidden"], weights["w_out"]
-    bias = weights.get("b_hidden") is not None
-    net = SigmoidMLP(
-        n_inputs=len(w_hidden[0]), n_hidden=len(w_hidden), n_outputs=len(w_out),
-        bias=bias, backward="autograd",
+    ``model`` holds the network's other settings as the run's hyper-parameters do (activation,
+    output_activation, loss); without it the network is sigmoid throughout.
+    """
+    # Imported here: torch takes seconds to import and the report's pictures do not need it.
+    from backprop_lab.network import MLP, weight_names
+
+    n_hidden_layers = sum(1 for name in weights if name.startswith("w_hidden"))
+    names = weight_names(n_hidden_layers)
+    matrices = [weights[name] for name in names[0::2]]
+    settings = {k: v for k, v in (model or {}).items()
+                if k in ("activation", "output_activation", "loss")}
+    net = MLP(
+        n_inputs=len(matrices[0][0]), hidden=[len(m) for m in matrices[:-1]],
+        n_outputs=len(matrices[-1]), bias=[weights.get(b) is not None for b in names[1::2]],
+        backward="autograd", **settings,
     )
     # metrics.json writes non-finite numbers as strings ("nan"); numpy reads them back.
     net.initialize(weights={
@@ -180,21 +188,24 @@ def decision_boundary(
     y: np.ndarray,
     path: str | os.PathLike,
     title: str = "",
+    model: Mapping | None = None,
 ) -> Path:
     """The network's output y_hat over the input plane; 600 x 500 px (6 x 5 in).
 
     ``weights`` is metrics.json's dict (w_hidden, b_hidden, w_out, b_out; biases may be None);
     ``x`` is (N, 2) and ``y`` (N, 1). The map covers the data plus MARGIN on every side, with
     the y_hat = 0.5 contour in black and the points coloured by class. With several outputs
-    only the first is drawn.
+    only the first is drawn; under the bce loss y_hat is the probability sigmoid(logit).
+    ``model`` is as for ``_network``.
     """
     import torch
 
     x = np.asarray(x, dtype=float)
-    net = _network(weights)
+    net = _network(weights, model)
     gx, gy = _plane(x)
     with torch.no_grad():
-        y_hat = net(_grid_inputs(gx, gy))[:, 0].reshape(gx.shape).numpy()  # (G, G)
+        y_hat = net.probability(net(_grid_inputs(gx, gy)))[:, 0]
+        y_hat = y_hat.reshape(gx.shape).numpy()  # (G, G)
 
     fig = _figure(MAP_INCHES)
     ax = fig.add_subplot()
@@ -222,8 +233,9 @@ def hidden_activations(
     path: str | os.PathLike,
     x: np.ndarray | None = None,
     y: np.ndarray | None = None,
+    model: Mapping | None = None,
 ) -> Path:
-    """One tile per hidden unit: its activation h_j over the input plane.
+    """One tile per unit of the first hidden layer: its activation h_j over the input plane.
 
     Each tile is 300 x 320 px (3 x 3.2 in), side by side, so the picture is 300 * H px wide and
     320 px high for H hidden units. A tile's title gives the unit's pre-activation and the
@@ -233,28 +245,38 @@ def hidden_activations(
     """
     import torch
 
+    from backprop_lab.manual_backward import ACTIVATIONS
+
     x = None if x is None else np.asarray(x, dtype=float)
-    net = _network(weights)
+    net = _network(weights, model)
+    first, second = net.layers[0], net.layers[1]
+    activation = net.activations[0]
     gx, gy = _plane(x)
     with torch.no_grad():
-        h = torch.sigmoid(net.hidden(_grid_inputs(gx, gy))).numpy()  # (G*G, H)
-    w_hidden = net.hidden.weight.detach().numpy()  # (H, I)
-    b_hidden = None if net.hidden.bias is None else net.hidden.bias.detach().numpy()
-    w_out = net.output.weight.detach().numpy()  # (O, H)
+        h = ACTIVATIONS[activation][0](first(_grid_inputs(gx, gy))).numpy()  # (G*G, H)
+    w_hidden = first.weight.detach().numpy()  # (H, I)
+    b_hidden = None if first.bias is None else first.bias.detach().numpy()
+    w_next = second.weight.detach().numpy()  # (n_2, H)
     n_hidden = h.shape[1]
+    symbol = {"sigmoid": "σ", "tanh": "tanh", "relu": "relu", "identity": ""}[activation]
+    low, high = (0.0, 1.0) if activation == "sigmoid" else (float(h.min()), float(h.max()))
+    if high <= low:
+        high = low + 1.0
 
     fig = _figure((TILE_INCHES[0] * n_hidden, TILE_INCHES[1]))
     axes = fig.subplots(1, n_hidden, squeeze=False)[0]
     for j, ax in enumerate(axes):
         ax.contourf(
-            gx, gy, h[:, j].reshape(gx.shape), levels=np.linspace(0, 1, 21), cmap=PLANE_CMAP
+            gx, gy, h[:, j].reshape(gx.shape), levels=np.linspace(low, high, 21),
+            cmap=PLANE_CMAP,
         )
         _scatter_data(ax, x, y, legend=False)
         terms = " ".join(_signed(w, f" x{i + 1}") for i, w in enumerate(w_hidden[j]))
         if b_hidden is not None:
             terms += " " + _signed(float(b_hidden[j]), "")
         ax.set_title(
-            f"h{j + 1} = σ({terms.lstrip('+ ')})\nweight to output: {w_out[0, j]:.2f}",
+            f"h{j + 1} = {symbol}({terms.lstrip('+ ')})\nweight to next layer: "
+            f"{w_next[0, j]:.2f}",
             fontsize=8,
         )
         ax.set_aspect("equal")

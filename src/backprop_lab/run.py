@@ -52,29 +52,32 @@ def _stage_metrics(stage: str, logged: dict) -> dict:
     return metrics
 
 
-def _divergence_message(trainer, lr) -> str:
-    """One line: the step whose loss was not finite, the last finite loss, the learning rate."""
-    from backprop_lab.callbacks import TrainingHistory
+def _divergence_message(trainer, lr) -> str | None:
+    """One line (step, loss, last finite loss, learning rate) if the loss stopped being finite."""
+    from backprop_lab.callbacks import StopOnDivergence
 
-    rows = next((c.rows for c in trainer.callbacks if isinstance(c, TrainingHistory)), [])
-    bad = next((row for row in rows if not math.isfinite(row[2])), None)
-    finite = [row[2] for row in rows if math.isfinite(row[2])]
-    where = f"at step {bad[0]}" if bad else f"by epoch {trainer.current_epoch}"
-    last = f"{finite[-1]:.6g}" if finite else "none"
-    return f"diverged: the loss became {bad[2] if bad else 'non-finite'} {where}; " \
-           f"last finite loss {last}; learning rate {lr}"
+    for callback in trainer.callbacks:
+        if isinstance(callback, StopOnDivergence) and callback.diverged_at is not None:
+            step, loss, last = callback.diverged_at
+            last_text = "none" if last is None else f"{last:.6g}"
+            return (f"the loss became {loss} at step {step}; last finite loss {last_text}; "
+                    f"learning rate {lr}")
+    return None
 
 
 def _stop_reason(trainer, lr) -> tuple[str, str]:
-    """(status, reason) from the early-stopping callback, if any, and the trainer's state."""
+    """(status, reason) from the divergence and early-stopping callbacks and the trainer."""
     from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
     stopper = trainer.early_stopping_callback
     reason = getattr(stopper, "stopping_reason", None)
-    if reason == EarlyStoppingReason.NON_FINITE_METRIC:
-        message = _divergence_message(trainer, lr)
-        log.error(message)
-        return "diverged", message
+    divergence = _divergence_message(trainer, lr)
+    if divergence is None and reason == EarlyStoppingReason.NON_FINITE_METRIC:
+        divergence = (f"the epoch's loss was not finite by epoch {trainer.current_epoch}; "
+                      f"learning rate {lr}")
+    if divergence is not None:
+        log.error("diverged: %s", divergence)
+        return "diverged", divergence
     if reason == EarlyStoppingReason.STOPPING_THRESHOLD:
         return "completed", "reached target loss"
     if trainer.interrupted:
@@ -97,13 +100,19 @@ def _draw_pictures(output_dir: Path, metrics: dict, datamodule, trainer) -> list
     from backprop_lab import plots
     from backprop_lab.callbacks import GradientParity, TrainingHistory
 
-    x, y = (t.cpu().numpy() for t in datamodule.dataset.tensors)
+    x, y = datamodule.train_arrays()
     weights = metrics["weights"]
     folder = output_dir / "pictures"
-    paths = [
-        plots.decision_boundary(weights, x, y, folder / "decision_boundary.png"),
-        plots.hidden_activations(weights, folder / "hidden_activations.png", x, y),
-    ]
+    paths = []
+    if x.shape[1] == 2:
+        # Maps over the input plane exist only for two inputs.
+        model = dict(trainer.lightning_module.hparams)
+        paths += [
+            plots.decision_boundary(weights, x, y, folder / "decision_boundary.png",
+                                    model=model),
+            plots.hidden_activations(weights, folder / "hidden_activations.png", x, y,
+                                     model=model),
+        ]
     for callback in trainer.callbacks:
         if isinstance(callback, TrainingHistory) and callback.rows:
             steps, losses = zip(*((row[0], row[2]) for row in callback.rows))
@@ -203,12 +212,19 @@ def build(cfg: DictConfig):
     from hydra.utils import instantiate
 
     datamodule = instantiate(cfg.data)
+    # A null width in the model config takes the data's (a CSV's is known only once read).
+    widths = {key: value for key, value in (("n_inputs", datamodule.n_features),
+                                            ("n_outputs", datamodule.n_targets))
+              if cfg.model.get(key) is None}
     model = instantiate(
         cfg.model, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-        _convert_="all",
+        **widths, _convert_="all",
     )
     model.configure_optimizers()
     n_features, n_targets = datamodule.n_features, datamodule.n_targets
+    if model.hparams.loss == "bce" and not datamodule.binary_targets:
+        raise ConfigError("model.loss=bce needs targets in {0, 1}; this data's targets take "
+                          "other values (use mse or half_mse for regression)")
     if model.hparams.n_inputs != n_features:
         raise ConfigError(f"model.n_inputs={model.hparams.n_inputs} does not match the data, "
                           f"which has {n_features} input columns")
@@ -239,7 +255,7 @@ def validate(cfg: DictConfig) -> None:
 def _fit_and_evaluate(cfg: DictConfig, trainer, model, datamodule) -> dict:
     """Fit, then validate and test the final weights; the metrics this adds to metrics.json."""
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     fit_seconds = time.perf_counter() - start
     status, reason = _stop_reason(trainer, cfg.optimizer.lr)
     metrics = _stage_metrics("train", trainer.callback_metrics)

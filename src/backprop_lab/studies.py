@@ -18,7 +18,7 @@ import torch
 
 from backprop_lab import plots
 from backprop_lab.manual_backward import sigmoid_mlp, squared_error
-from backprop_lab.network import SigmoidMLP
+from backprop_lab.network import MLP
 
 log = logging.getLogger(__name__)
 
