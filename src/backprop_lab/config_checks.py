@@ -141,7 +141,7 @@ def _check_trainer(cfg: DictConfig) -> None:
                               "CUDA device and none is visible; use trainer=cpu or trainer=auto")
 
 
-def _check_log_dir(cfg: DictConfig) -> None:
+def check_log_dir(cfg: DictConfig) -> None:
     """paths.log_dir must be, or be creatable as, a writable directory."""
     log_dir = _value(cfg, "paths.log_dir")
     if not isinstance(log_dir, str) or not log_dir:
@@ -166,7 +166,7 @@ def check_config(cfg: DictConfig) -> None:
     _check_optimizer(cfg)
     _integer(cfg, "data.batch_size", 1, allow_none=True)
     _check_trainer(cfg)
-    _check_log_dir(cfg)
+    check_log_dir(cfg)
     ckpt_path = _value(cfg, "ckpt_path")
     if ckpt_path is not None and not Path(str(ckpt_path)).is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")

@@ -31,6 +31,16 @@ def _check_batch_size(batch_size) -> None:
                          ">= 1, or null for the full batch")
 
 
+def input_state(feature_names: list[str], target_names: list[str], mean, std) -> dict:
+    """What a checkpoint keeps of the data (see ``state_dict``): column names and scaling.
+
+    A trained network takes its inputs standardised with ``mean`` and ``std``; whoever feeds
+    it new points (``backprop-eval predict=...``) scales them the same way.
+    """
+    return {"feature_names": list(feature_names), "target_names": list(target_names),
+            "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+
+
 def _full_batch_loader(dataset: TensorDataset, trainer) -> DataLoader:
     # Full batch means every row per step; under DDP each process takes its share.
     world_size = trainer.world_size if trainer is not None else 1
@@ -55,6 +65,13 @@ class XORDataModule(L.LightningDataModule):
         x = torch.tensor(XOR_INPUTS)  # (4, 2)
         y = torch.tensor(XOR_TARGETS)  # (4, 1)
         self.dataset = TensorDataset(x, y)
+
+    def state_dict(self) -> dict:
+        """Saved by Lightning into every checkpoint: XOR's inputs are used unscaled."""
+        return input_state(["x1", "x2"], ["y"], [0.0, 0.0], [1.0, 1.0])
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Nothing to restore: the truth table is rebuilt from nothing."""
 
     def train_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The four rows as float32 arrays, (4, 2) and (4, 1)."""
@@ -113,7 +130,8 @@ class TableDataModule(L.LightningDataModule):
 
     def __init__(self, x: np.ndarray, y: np.ndarray, *, val_fraction: float,
                  test_fraction: float, standardize: bool, batch_size: int | None,
-                 seed: int, feature_names: list[str] | None = None) -> None:
+                 seed: int, feature_names: list[str] | None = None,
+                 target_names: list[str] | None = None) -> None:
         super().__init__()
         _check_batch_size(batch_size)
         if not isinstance(standardize, bool):
@@ -124,6 +142,8 @@ class TableDataModule(L.LightningDataModule):
         self.n_targets = y.shape[1]
         self.binary_targets = bool(np.isin(y, (0.0, 1.0)).all())
         self.feature_names = feature_names or [f"x{i + 1}" for i in range(self.n_features)]
+        self.target_names = target_names or (
+            ["y"] if self.n_targets == 1 else [f"y{i + 1}" for i in range(self.n_targets)])
 
         train, val, test = split_rows(len(x), val_fraction, test_fraction, seed)
         self.mean = np.zeros(self.n_features)
@@ -140,6 +160,13 @@ class TableDataModule(L.LightningDataModule):
                                  torch.tensor(y[rows], dtype=torch.float32))
 
         self.train_set, self.val_set, self.test_set = tensors(train), tensors(val), tensors(test)
+
+    def state_dict(self) -> dict:
+        """Saved by Lightning into every checkpoint: column names and the inputs' scaling."""
+        return input_state(self.feature_names, self.target_names, self.mean, self.std)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Nothing to restore: the rows, the split and the scaling are rebuilt from the config."""
 
     def train_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The training split as the model sees it: float32 (N, n_features) and (N, n_targets)."""
@@ -243,7 +270,7 @@ class CSVDataModule(TableDataModule):
         x, y, names, self.target_names = data_sources.read_csv(path, features, target)
         super().__init__(x, y, val_fraction=val_fraction, test_fraction=test_fraction,
                          standardize=standardize, batch_size=batch_size, seed=seed,
-                         feature_names=names)
+                         feature_names=names, target_names=self.target_names)
 
 
 class BreastCancerDataModule(TableDataModule):
@@ -257,4 +284,4 @@ class BreastCancerDataModule(TableDataModule):
         x, y, names = data_sources.breast_cancer(features)
         super().__init__(x, y, val_fraction=val_fraction, test_fraction=test_fraction,
                          standardize=standardize, batch_size=batch_size, seed=seed,
-                         feature_names=names)
+                         feature_names=names, target_names=["benign"])

@@ -116,14 +116,8 @@ def resolve_path(path) -> Path:
     return (Path.cwd() / Path(path).expanduser()).absolute()
 
 
-def read_csv(path, features, target) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-    """Inputs, targets and their column names from a CSV file with a header row.
-
-    ``target`` is a column name, a list of them, or None for the last column; ``features`` is
-    a column name, a list of them, or None for every column that is not a target. Every chosen
-    cell must be a finite number. Errors count rows from 1 after the header, and give the
-    file's own line number too.
-    """
+def _read_rows(path) -> tuple[Path, list[str], list[list[str]], list[int]]:
+    """The file, its header and its data rows with their line numbers; blank lines skipped."""
     file = resolve_path(path)
     if not file.exists():
         relative = "" if Path(path).expanduser().is_absolute() else \
@@ -151,7 +145,18 @@ def read_csv(path, features, target) -> tuple[np.ndarray, np.ndarray, list[str],
                          f"{', '.join(map(repr, duplicated))}")
     if len(rows) == 1:
         raise ValueError(f"CSV file {file} has a header but no data rows")
+    return file, header, rows[1:], lines[1:]
 
+
+def read_csv(path, features, target) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """Inputs, targets and their column names from a CSV file with a header row.
+
+    ``target`` is a column name, a list of them, or None for the last column; ``features`` is
+    a column name, a list of them, or None for every column that is not a target. Every chosen
+    cell must be a finite number. Errors count rows from 1 after the header, and give the
+    file's own line number too.
+    """
+    file, header, rows, lines = _read_rows(path)
     targets = [header[-1]] if target is None else _as_names(target, "target")
     target_index = _pick(targets, header, f"CSV file {file}", "column")
     if features is None:
@@ -166,16 +171,42 @@ def read_csv(path, features, target) -> tuple[np.ndarray, np.ndarray, list[str],
         raise ValueError(f"CSV file {file} has no column left for features besides the "
                          f"target(s) {', '.join(targets)}")
 
-    table = np.empty((len(rows) - 1, len(header)))  # (N, columns)
-    wanted = feature_index + target_index
-    for number, (row, line) in enumerate(zip(rows[1:], lines[1:]), start=1):
+    table = _numbers(file, header, rows, lines, feature_index + target_index)
+    return table[:, feature_index], table[:, target_index], names, targets
+
+
+def read_points(path, names: list[str]) -> tuple[np.ndarray, list[str]]:
+    """The columns ``names`` of a CSV file with a header row, as (N, len(names)) numbers.
+
+    For feeding new points to a trained network: its input columns must all be there (other
+    columns are ignored). A file without those names but with exactly ``len(names)`` columns
+    is taken column for column. Returns the numbers and the header names used.
+    """
+    file, header, rows, lines = _read_rows(path)
+    if not all(name in header for name in names) and len(header) == len(names):
+        names = header
+    missing = [name for name in names if name not in header]
+    if missing:
+        raise ValueError(
+            f"CSV file {file} has no column {missing[0]!r}{_closest(missing[0], header)}; the "
+            f"network takes {len(names)} inputs ({', '.join(names)}) and the file has "
+            f"{len(header)} columns ({', '.join(header)})")
+    index = [header.index(name) for name in names]
+    return _numbers(file, header, rows, lines, index)[:, index], names
+
+
+def _numbers(file: Path, header: list[str], rows: list[list[str]], lines: list[int],
+             wanted: list[int]) -> np.ndarray:
+    """The table (N, columns) with the ``wanted`` columns parsed; each cell a finite number."""
+    table = np.zeros((len(rows), len(header)))  # (N, columns)
+    for number, (row, line) in enumerate(zip(rows, lines), start=1):
         if len(row) != len(header):
             raise ValueError(f"CSV file {file}: row {number} (line {line}) has {len(row)} "
                              f"cells, the header has {len(header)}")
         for i in wanted:
             where = f"CSV file {file}: column {header[i]!r}, row {number} (line {line})"
             table[number - 1, i] = _number(row[i], where)
-    return table[:, feature_index], table[:, target_index], names, targets
+    return table
 
 
 def _number(cell: str, where: str) -> float:

@@ -28,7 +28,7 @@ class _DropAdvert(logging.Filter):
         return not record.getMessage().startswith("💡")
 
 
-def _route_lightning_logs() -> None:
+def route_lightning_logs() -> None:
     """Send Lightning's log records through Hydra's handlers (console and train.log) only.
 
     Lightning attaches a console handler of its own on import, which would print each line
@@ -43,7 +43,17 @@ def _route_lightning_logs() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvert())
 
 
-def _stage_metrics(stage: str, logged: dict) -> dict:
+def quiet_lightning_warnings() -> None:
+    """Silence Lightning's warnings that do not apply to this project's small in-memory data."""
+    # One batch of four rows needs no worker processes; Lightning's advice says otherwise.
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    # Lightning 2.6 calls a torch.utils._pytree API that torch 2.13 marks deprecated.
+    warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\).*")
+    # XOR's four rows split evenly over DDP processes, so each is evaluated exactly once.
+    warnings.filterwarnings("ignore", ".*it is recommended to use `Trainer\\(devices=1.*")
+
+
+def stage_metrics(stage: str, logged: dict) -> dict:
     """``{stage}_loss`` and ``{stage}_acc`` as floats (None when not logged)."""
     metrics = {}
     for name in ("loss", "acc"):
@@ -258,7 +268,7 @@ def _fit_and_evaluate(cfg: DictConfig, trainer, model, datamodule) -> dict:
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     fit_seconds = time.perf_counter() - start
     status, reason = _stop_reason(trainer, cfg.optimizer.lr)
-    metrics = _stage_metrics("train", trainer.callback_metrics)
+    metrics = stage_metrics("train", trainer.callback_metrics)
     for callback in trainer.callbacks:
         if hasattr(callback, "metrics_summary"):
             metrics.update(callback.metrics_summary())
@@ -268,7 +278,7 @@ def _fit_and_evaluate(cfg: DictConfig, trainer, model, datamodule) -> dict:
     if cfg.get("evaluate", True) and status != "interrupted":
         for stage, run in (("val", trainer.validate), ("test", trainer.test)):
             results = run(model, datamodule=datamodule, verbose=False)[0]
-            metrics.update(_stage_metrics(stage, results))
+            metrics.update(stage_metrics(stage, results))
     metrics.update(
         status=status,
         stop_reason=reason,
@@ -296,13 +306,8 @@ def train(cfg: DictConfig) -> dict:
     import lightning as L
     from hydra.utils import instantiate
 
-    # One batch of four rows needs no worker processes; Lightning's advice says otherwise.
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    # Lightning 2.6 calls a torch.utils._pytree API that torch 2.13 marks deprecated.
-    warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\).*")
-    # XOR's four rows split evenly over DDP processes, so each is evaluated exactly once.
-    warnings.filterwarnings("ignore", ".*it is recommended to use `Trainer\\(devices=1.*")
-    _route_lightning_logs()
+    quiet_lightning_warnings()
+    route_lightning_logs()
 
     metrics = {
         "status": "failed",
