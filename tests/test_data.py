@@ -1,6 +1,7 @@
 """The data modules: every option of conf/data/, splits, standardisation, batches, bad inputs."""
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,8 @@ import torch
 from hydra.utils import instantiate
 
 from backprop_lab.data import (
-    BreastCancerDataModule, CSVDataModule, MoonsDataModule, SpiralDataModule, XORDataModule,
+    BreastCancerDataModule, CSVDataModule, MoonsDataModule, RowsDataModule, SpiralDataModule,
+    XORDataModule,
 )
 from backprop_lab.hydra_errors import preflight
 from backprop_lab.run import validate
@@ -34,7 +36,8 @@ POINTS_CSV = "x1,x2,label\n" + "".join(
 
 
 def test_config_group_offers_every_data_option():
-    assert DATA_OPTIONS == ["blobs", "breast_cancer", "circles", "csv", "moons", "spiral", "xor"]
+    assert DATA_OPTIONS == ["blobs", "breast_cancer", "circles", "csv", "moons", "rows", "spiral",
+                            "xor"]
     for option in DATA_OPTIONS:
         first = (CONF_DIR / "data" / f"{option}.yaml").read_text().splitlines()[0]
         assert first.startswith("# "), option
@@ -45,11 +48,12 @@ def test_every_data_option_builds_and_serves_batches_of_the_right_shape(option, 
                                                                        tmp_path):
     overrides = {
         "csv": (f"data.path={write_csv(tmp_path, POINTS_CSV)}",),
+        "rows": ("data.x=[[0,0],[0,1],[1,0]]", "data.y=[[0],[1],[1]]"),
         **{name: SMALL for name in GENERATED},
     }.get(option, ())
     cfg = make_cfg(f"data={option}", *overrides)
     datamodule = instantiate(cfg.data)
-    rows = {"xor": (4, 4, 4), "breast_cancer": (341, 114, 114), "csv": (12, 4, 4)}.get(
+    rows = {"xor": (4, 4, 4), "rows": (3, 3, 3), "breast_cancer": (341, 114, 114), "csv": (12, 4, 4)}.get(
         option, (24, 8, 8))
 
     assert (datamodule.n_features, datamodule.n_targets, datamodule.binary_targets) == (2, 1, True)
@@ -62,7 +66,8 @@ def test_every_data_option_builds_and_serves_batches_of_the_right_shape(option, 
     for loader, n_rows in zip(loaders, rows):
         (x_batch, y_batch), = list(loader)  # full batch: one batch per split
         assert x_batch.shape == (n_rows, 2) and y_batch.shape == (n_rows, 1)
-        assert x_batch.dtype == torch.float32
+        # Given rows stay float64 until the module casts them to its parameters' dtype.
+        assert x_batch.dtype == (torch.float64 if option == "rows" else torch.float32)
 
 
 def test_xor_serves_the_same_four_rows_unscaled_in_every_stage():
@@ -73,6 +78,26 @@ def test_xor_serves_the_same_four_rows_unscaled_in_every_stage():
                    datamodule.test_dataloader()):
         (x_batch, y_batch), = list(loader)
         assert x_batch.tolist() == x.tolist() and y_batch.tolist() == y.tolist()
+
+
+def test_given_rows_keep_their_exact_values_for_float64_training():
+    datamodule = RowsDataModule([[0.05, 0.1]], [[0.01, 0.99]])
+    (x_batch, y_batch), = list(datamodule.train_dataloader())
+    assert x_batch.dtype == torch.float64 and x_batch.tolist() == [[0.05, 0.1]]
+    assert (datamodule.n_features, datamodule.n_targets) == (2, 2)
+    assert not datamodule.binary_targets
+
+
+@pytest.mark.parametrize("x, y, expected", [
+    ([[0.1, 0.2]], [[1.0], [0.0]], "data.x has 1 rows but data.y has 2"),
+    ([[0.1, 0.2], [0.3]], [[1.0], [0.0]], "all of one length"),
+    ([[0.1, float("nan")]], [[1.0]], "holds NaN or infinite values"),
+    ([["a", 0.2]], [[1.0]], "give a list of rows of numbers"),
+    ([], [], "give a list of rows of numbers"),
+])
+def test_bad_given_rows_are_refused_naming_the_problem(x, y, expected):
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        RowsDataModule(x, y)
 
 
 def test_standardisation_is_fitted_on_the_training_split_only():

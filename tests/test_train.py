@@ -59,6 +59,8 @@ def test_every_config_option_composes_and_trains_one_step(make_cfg, option, tmp_
         table = tmp_path / "points.csv"
         table.write_text("a,b,label\n0,0,0\n0,1,1\n1,0,1\n1,1,0\n0.5,0.2,1\n0.9,0.8,0\n")
         extra = [f"data.path={table}", "data.features=[a,b]", "data.target=label"]
+    if option == "data=rows":
+        extra = ["data.x=[[0.05,0.1],[0.5,0.2]]", "data.y=[[0.0],[1.0]]"]
     metrics = train(make_cfg(option, "trainer.max_epochs=1", *extra))
     assert metrics["status"] == "completed"
     assert metrics["steps"] == 1 and metrics["epochs"] == 1

@@ -7,6 +7,7 @@ The rows themselves come from ``backprop_lab.data_sources``.
 """
 
 import math
+from collections.abc import Sequence
 from numbers import Integral, Real
 
 import lightning as L
@@ -47,35 +48,42 @@ def _full_batch_loader(dataset: TensorDataset, trainer) -> DataLoader:
     return DataLoader(dataset, batch_size=math.ceil(len(dataset) / world_size), shuffle=False)
 
 
-class XORDataModule(L.LightningDataModule):
-    """The 4-row XOR truth table as tensors, served whole as one batch.
+class RowsDataModule(L.LightningDataModule):
+    """A few rows given outright, served whole (or in ``batch_size`` batches, in order).
 
-    XOR has no held-out points, so training, validation and test all see the same four rows;
-    validation and test then measure the trained function, not generalisation.
+    Nothing is held out: training, validation and test all see the same rows, so validation
+    and test measure the trained function, not generalisation. This is the data of a worked
+    example such as a single training sample; inputs are used as given, unscaled.
     """
 
-    n_features = 2
-    n_targets = 1
-    binary_targets = True
+    # float64, so that a worked example's inputs stay exact under trainer.precision=64-true;
+    # the module casts each batch to its parameters' dtype.
+    dtype = torch.float64
 
-    def __init__(self, batch_size: int | None = None) -> None:
+    def __init__(self, x, y, batch_size: int | None = None) -> None:
         super().__init__()
         _check_batch_size(batch_size)
         self.batch_size = batch_size
-        x = torch.tensor(XOR_INPUTS)  # (4, 2)
-        y = torch.tensor(XOR_TARGETS)  # (4, 1)
+        x, y = _rows_tensor(x, "x", self.dtype), _rows_tensor(y, "y", self.dtype)  # (N, C)
+        if len(x) != len(y):
+            raise ValueError(f"data.x has {len(x)} rows but data.y has {len(y)}; give one "
+                             "target row per input row")
+        self.n_features, self.n_targets = x.shape[1], y.shape[1]
+        self.binary_targets = bool(((y == 0) | (y == 1)).all())
         self.dataset = TensorDataset(x, y)
 
     def state_dict(self) -> dict:
-        """Saved by Lightning into every checkpoint: XOR's inputs are used unscaled."""
-        return input_state(["x1", "x2"], ["y"], [0.0, 0.0], [1.0, 1.0])
+        """Saved by Lightning into every checkpoint: the inputs are used unscaled."""
+        targets = ["y"] if self.n_targets == 1 else [f"y{i + 1}" for i in range(self.n_targets)]
+        return input_state([f"x{i + 1}" for i in range(self.n_features)], targets,
+                           [0.0] * self.n_features, [1.0] * self.n_features)
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Nothing to restore: the truth table is rebuilt from nothing."""
+        """Nothing to restore: the rows come from the config."""
 
     def train_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """The four rows as float32 arrays, (4, 2) and (4, 1)."""
-        return tuple(t.numpy().copy() for t in self.dataset.tensors)
+        """The rows as float32 arrays, (N, n_features) and (N, n_targets)."""
+        return tuple(t.numpy().astype(np.float32) for t in self.dataset.tensors)
 
     def _loader(self) -> DataLoader:
         if self.batch_size is None:
@@ -90,6 +98,30 @@ class XORDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader()
+
+
+def _rows_tensor(rows, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """``rows`` (a list of equally long lists of finite numbers) as an (N, C) tensor."""
+    def is_list(value) -> bool:
+        return isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0
+
+    shape_ok = is_list(rows) and all(is_list(row) and len(row) == len(rows[0]) for row in rows)
+    if not shape_ok or not all(isinstance(v, Real) and not isinstance(v, bool)
+                               for row in rows for v in row):
+        raise ValueError(f"data.{name}={rows!r} is not allowed; give a list of rows of "
+                         "numbers, all of one length, e.g. [[0.05, 0.1]]")
+    if not all(math.isfinite(v) for row in rows for v in row):
+        raise ValueError(f"data.{name}={rows!r} holds NaN or infinite values")
+    return torch.tensor([[float(v) for v in row] for row in rows], dtype=dtype)
+
+
+class XORDataModule(RowsDataModule):
+    """The 4-row XOR truth table as tensors, served whole as one batch."""
+
+    dtype = torch.float32  # 0 and 1 are exact in any dtype
+
+    def __init__(self, batch_size: int | None = None) -> None:
+        super().__init__(XOR_INPUTS, XOR_TARGETS, batch_size=batch_size)
 
 
 def split_rows(n_rows: int, val_fraction: float, test_fraction: float,

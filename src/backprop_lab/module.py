@@ -54,6 +54,11 @@ class BackpropModule(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """The batch in the parameters' dtype: rows given in float64 keep their exact values
+        under ``64-true`` and become float32 otherwise."""
+        return tuple(t.to(self.dtype) if t.is_floating_point() else t for t in batch)
+
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch
         start = time.perf_counter()

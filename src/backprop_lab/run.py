@@ -322,10 +322,13 @@ def train(cfg: DictConfig) -> dict:
     model = None
     try:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule, model = build(cfg)
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
         loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        # Under 64-true the parameters are made in float64, so that explicit initial weights
+        # such as 0.35 are kept exactly rather than rounded to float32 first.
+        with trainer.init_module():
+            datamodule, model = build(cfg)
         distributed = trainer.world_size > 1 and is_rank_zero()
         with ddp_job_scope() if distributed else contextlib.nullcontext():
             if distributed:

@@ -133,6 +133,95 @@ def seed_example(folder: Path) -> dict:
     return values
 
 
+# The widely reproduced step-by-step example (M. Mazur, "A Step by Step Backpropagation
+# Example", 2015): a 2-2-2 sigmoid network whose biases are not trained, one sample, E = sum of
+# 1/2 (target - output)^2, SGD with learning rate 0.5. conf/experiment/step_by_step.yaml holds
+# its settings; these are the figures as published, with their printed digits.
+STEP_BY_STEP_PUBLISHED = {
+    "out_h1": 0.593269992, "out_h2": 0.596884378, "out_o1": 0.75136507, "out_o2": 0.772928465,
+    "E_total": 0.298371109, "dE/dw5": 0.082167041, "dE/dw1": 0.000438568,
+    "w1": 0.149780716, "w2": 0.19956143, "w3": 0.24975114, "w4": 0.29950229,
+    "w5": 0.35891648, "w6": 0.408666186, "w7": 0.511301270, "w8": 0.561370121,
+    "E_total after 1 step": 0.291027924, "E_total at step 10000": 0.0000351085,
+}
+
+
+def _step_by_step_run(mode: str, log_dir: Path, epochs: int) -> dict:
+    """metrics.json of ``backprop-train experiment=step_by_step`` for ``epochs`` steps."""
+    from hydra import compose, initialize_config_module
+
+    from backprop_lab.run import train
+
+    with initialize_config_module("backprop_lab.conf", version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "experiment=step_by_step", f"model.backward={mode}", f"trainer.max_epochs={epochs}",
+            f"paths.output_dir={log_dir / f'step_by_step_{mode}_{epochs}'}",
+            "callbacks=none", "logger=csv",
+        ])
+    return train(cfg)
+
+
+def step_by_step_values(log_dir: Path, long_run: int = 10_000) -> dict:
+    """The example recomputed: forward values and gradients by the network in float64, one and
+    ``long_run`` training steps by ``backprop-train``, in both backward modes."""
+    cfg_weights = {"w_hidden": [[0.15, 0.20], [0.25, 0.30]], "b_hidden": [0.35, 0.35],
+                   "w_out": [[0.40, 0.45], [0.50, 0.55]], "b_out": [0.60, 0.60]}
+    x = torch.tensor([[0.05, 0.10]], dtype=torch.float64)  # (1, 2)
+    y = torch.tensor([[0.01, 0.99]], dtype=torch.float64)  # (1, 2)
+    values = {"published": STEP_BY_STEP_PUBLISHED}
+    for mode in ("manual", "autograd"):
+        net = MLP(2, [2], 2, bias=True, freeze_bias=True, backward=mode, loss="half_mse",
+                  reduction="sum").double()
+        net.initialize(weights=cfg_weights)
+        h = torch.sigmoid(net.layers[0](x))  # (1, 2)
+        y_hat = net(x)  # (1, 2)
+        loss = net.loss(y_hat, y)
+        grads = net.gradients(x, y, mode)
+        one = _step_by_step_run(mode, log_dir, 1)
+        many = _step_by_step_run(mode, log_dir, long_run)
+        updated = [v for name in ("w_hidden", "w_out") for row in one["weights"][name]
+                   for v in row]
+        values[mode] = {
+            "out_h1": h[0, 0].item(), "out_h2": h[0, 1].item(),
+            "out_o1": y_hat[0, 0].item(), "out_o2": y_hat[0, 1].item(),
+            "E_total": loss.item(), "dE/dw5": grads["w_out"][0, 0].item(),
+            "dE/dw1": grads["w_hidden"][0, 0].item(),
+            **{f"w{i + 1}": v for i, v in enumerate(updated)},
+            # The loss after the update, on the same sample: backprop-train's test loss.
+            "E_total after 1 step": one["test_loss"],
+            # Measured by the training step itself, before that step's update.
+            f"E_total at step {long_run}": many["train_loss"],
+        }
+    return values
+
+
+def step_by_step_table(values: dict) -> str:
+    """Published figures next to both backward modes, as markdown."""
+    published, manual, autograd = values["published"], values["manual"], values["autograd"]
+    lines = ["# Step-by-step example, recomputed", "",
+             "2-2-2 sigmoid network, x = (0.05, 0.10), targets (0.01, 0.99), biases 0.35 and "
+             "0.60 not trained, E = sum of 1/2 (target - output)^2, SGD with learning rate "
+             "0.5, float64. w1..w8 after the first step.", "",
+             "| quantity | published | manual backward | autograd | manual - published |",
+             "|---|---|---|---|---|"]
+    for name in manual:
+        given = published.get(name)
+        shown = "-" if given is None else f"{given}"
+        gap = "-" if given is None else f"{manual[name] - given:.1e}"
+        lines.append(f"| {name} | {shown} | {manual[name]:.12g} | {autograd[name]:.12g} | "
+                     f"{gap} |")
+    return "\n".join(lines) + "\n"
+
+
+def step_by_step(folder: Path, log_dir: Path) -> dict:
+    """Recompute the step-by-step example into ``folder``: table.md and values.json."""
+    values = step_by_step_values(log_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "table.md").write_text(step_by_step_table(values))
+    (folder / "values.json").write_text(json.dumps(values, indent=2) + "\n")
+    return values
+
+
 def xor_manual_vs_autograd(folder: Path, log_dir: Path, seeds: int = 20) -> Path:
     """A sweep of ``seeds`` seeds x both backward modes on XOR, then its report into ``folder``."""
     sweep_dir = log_dir / "xor_manual_vs_autograd"
@@ -160,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the experiments folder (default: ./experiments)")
     parser.add_argument("--log-dir", default="logs/experiments", type=Path,
                         help="where the sweeps' run directories go (default: logs/experiments)")
-    parser.add_argument("--only", choices=("seed_example", "xor_manual_vs_autograd"))
+    parser.add_argument("--only", choices=("seed_example", "step_by_step",
+                                           "xor_manual_vs_autograd"))
     parser.add_argument("--seeds", type=int, default=20, help="seeds per mode in the XOR sweep")
     args = parser.parse_args(argv)
     if not args.root.is_dir():
@@ -175,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     if args.only in (None, "seed_example"):
         seed_example(args.root / "seed_example")
+    if args.only in (None, "step_by_step"):
+        step_by_step(args.root / "step_by_step", args.log_dir.resolve())
     if args.only in (None, "xor_manual_vs_autograd"):
         xor_manual_vs_autograd(args.root / "xor_manual_vs_autograd", args.log_dir.resolve(),
                                args.seeds)

@@ -29,7 +29,7 @@ def format_summary(metrics: dict) -> str:
         loss, acc = metrics.get(f"{stage}_loss"), metrics.get(f"{stage}_acc")
         if loss is None:
             return f"{stage}: -"
-        return f"{stage}: loss {loss:.6g}  acc {acc:.3f}"
+        return f"{stage}: loss {loss:.6g}" + ("" if acc is None else f"  acc {acc:.3f}")
 
     lines = [
         f"{metrics['status']} ({metrics.get('stop_reason', '')}): "
