@@ -101,6 +101,16 @@ def test_log_dir_that_is_a_file_is_refused(tmp_path, capsys):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a CPU-only machine")
+def test_bce_on_targets_outside_zero_and_one_is_refused(tmp_path, capsys):
+    table = tmp_path / "table.csv"
+    table.write_text("a,b,y\n" + "".join(f"{i},{i % 3},{i * 0.5}\n" for i in range(10)))
+    with pytest.raises(SystemExit):
+        preflight(["data=csv", f"data.path={table}", "model.loss=bce",
+                   "model.output_activation=identity"], CONFIG_MODULE, CONFIG_NAME, validate,
+                  prog="backprop-train")
+    assert "model.loss=bce needs targets in {0, 1}" in capsys.readouterr().err
+
+
 def test_gpu_trainer_without_cuda_is_refused_in_one_line(capsys):
     with pytest.raises(SystemExit):
         preflight(["trainer=gpu"], CONFIG_MODULE, CONFIG_NAME, validate, prog="backprop-train")

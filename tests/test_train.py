@@ -147,3 +147,11 @@ def test_single_run_draws_its_pictures_as_png(make_cfg, tmp_path):
     for name in names:
         data = (tmp_path / "run" / "pictures" / name).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
+
+
+def test_breast_cancer_experiment_classifies_the_held_out_rows(make_cfg):
+    metrics = train(make_cfg("experiment=breast_cancer"))
+    assert metrics["status"] == "completed" and metrics["steps"] == 300
+    # 114 test rows never seen in training; measured 0.965 from seed 0.
+    assert metrics["test_acc"] > 0.9
+    assert metrics["val_acc"] > 0.9
