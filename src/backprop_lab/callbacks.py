@@ -212,3 +212,82 @@ class GradientParity(Callback):
         return {"parity": {"checks": checks, "tolerance": self.tolerance, "atol": self.atol,
                            "max_abs": max_abs,
                            "max_rel": max_rel, "failure": self.failure}}
+
+
+class PopulationTracker(Callback):
+    """Follows each member of a population (``model.population`` > 1) epoch by epoch.
+
+    A member reaches the target in the first epoch whose training loss, measured before that
+    epoch's update as for a single run, is at or below ``target_loss``; its
+    ``epochs_to_target`` counts that epoch, so it equals what a single run from the member's
+    initial weights reports. Members go on training until the whole population stops. When
+    training ends it writes ``members.csv`` (one row per member) and ``member_losses.npz``
+    (every member's loss at up to ``max_curve_points`` epochs, for the pictures). Does
+    nothing for a single network.
+    """
+
+    HEADER = ("member", "init_seed", "epochs_to_target", "train_loss", "train_acc")
+
+    def __init__(self, target_loss: float | None = None, path: str | None = None,
+                 max_curve_points: int = 500) -> None:
+        self.target_loss = target_loss
+        self.path = Path(path) if path else None
+        self.max_curve_points = max_curve_points
+        self.curves: list[torch.Tensor] = []
+        self.epochs_to_target: torch.Tensor | None = None
+        self.last_acc: torch.Tensor | None = None
+        self.first_seed = 0
+
+    @staticmethod
+    def _population(pl_module) -> int:
+        return getattr(getattr(pl_module, "net", None), "population", 1)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        population = self._population(pl_module)
+        self.curves, self.last_acc = [], None
+        self.epochs_to_target = torch.zeros(population, dtype=torch.long)  # 0: not yet
+        self.first_seed = int((pl_module.hparams.get("init") or {}).get("seed", 0))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._population(pl_module) == 1 or not pl_module.member_rows:
+            return
+        losses = (pl_module.member_loss_sum / pl_module.member_rows).detach().cpu()  # (K,)
+        self.curves.append(losses.float())
+        if pl_module.classifies:
+            self.last_acc = (pl_module.member_acc_sum / pl_module.member_rows).detach().cpu()
+        if self.target_loss is not None:
+            newly = (losses <= self.target_loss) & (self.epochs_to_target == 0)
+            self.epochs_to_target[newly] = trainer.current_epoch + 1
+
+    def _member_rows(self) -> list[tuple]:
+        final = self.curves[-1].tolist()
+        acc = self.last_acc.tolist() if self.last_acc is not None else [None] * len(final)
+        return [(i, self.first_seed + i, int(e) or None, loss, a)
+                for i, (e, loss, a) in enumerate(zip(self.epochs_to_target.tolist(), final, acc))]
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.curves or self.path is None or not trainer.is_global_zero:
+            return
+        import numpy as np
+
+        _write_csv(self.path, self.HEADER, self._member_rows())
+        stride = max(1, math.ceil(len(self.curves) / self.max_curve_points))
+        epochs = list(range(0, len(self.curves), stride))
+        tmp = self.path.with_name(".member_losses.tmp.npz")
+        np.savez_compressed(tmp, epoch=np.array(epochs) + 1,
+                            loss=torch.stack([self.curves[e] for e in epochs]).numpy())
+        tmp.replace(self.path.with_name("member_losses.npz"))
+
+    def metrics_summary(self) -> dict:
+        """Per-member figures and the share of members that reached the target."""
+        if not self.curves:
+            return {}
+        rows = [dict(zip(self.HEADER, row)) for row in self._member_rows()]
+        reached = [row["epochs_to_target"] for row in rows if row["epochs_to_target"]]
+        return {
+            "population": len(rows),
+            "members": rows,
+            "fraction_converged": len(reached) / len(rows) if self.target_loss is not None
+            else None,
+            "members_epochs_to_target_mean": sum(reached) / len(reached) if reached else None,
+        }

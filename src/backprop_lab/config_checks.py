@@ -19,6 +19,8 @@ from backprop_lab.optimizers import check_optimizer_settings
 MAX_SEED = 2**32 - 1
 # Wider layers are not what this project is for, and a typo such as 100000000 would hang.
 MAX_WIDTH = 10_000
+# Members of one population; 100 000 networks of the default size are still a few MB.
+MAX_POPULATION = 100_000
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 PRECISIONS = ("32-true", "64-true", "bf16-mixed", "16-mixed", "bf16-true")
 # metrics.json keys a hyper-parameter sweeper may minimise.
@@ -106,7 +108,30 @@ def _check_model(cfg: DictConfig) -> None:
         raise ConfigError(f"model.loss=bce takes the output as logits; model.output_activation="
                           f"{_value(cfg, 'model.output_activation')!r} must be identity")
     _number(cfg, "model.init.scale", 0.0, inclusive=False)
-    _integer(cfg, "model.init.seed", 0, MAX_SEED)
+    _integer(cfg, "model.population", 1, MAX_POPULATION)
+    _integer(cfg, "model.init.seed", 0, MAX_SEED - _value(cfg, "model.population") + 1)
+
+
+def _check_population(cfg: DictConfig) -> None:
+    """A population trains its members independently only if nothing mixes their gradients.
+
+    SGD (with or without momentum, weight decay, Nesterov) and Adam update each weight from its
+    own gradient, so they keep members apart; clipping by the global gradient norm scales all
+    members by one factor computed from all of them, and so couples them.
+    """
+    if _value(cfg, "model.population") == 1:
+        return
+    clip = _value(cfg, "trainer.gradient_clip_val")
+    algorithm = _value(cfg, "trainer.gradient_clip_algorithm") or "norm"
+    if clip not in (None, 0, 0.0) and algorithm != "value":
+        raise ConfigError(
+            f"model.population={_value(cfg, 'model.population')} with trainer.gradient_clip_val="
+            f"{clip} (clipping by the norm of all gradients) would couple the members; use "
+            "trainer.gradient_clip_algorithm=value, which clips each entry on its own, or no "
+            "clipping")
+    if _value(cfg, "compare"):
+        raise ConfigError("compare=true trains single networks; run a population in each mode "
+                          "with -m model.backward=manual,autograd instead")
 
 
 def _check_optimizer(cfg: DictConfig) -> None:
@@ -164,6 +189,7 @@ def check_config(cfg: DictConfig) -> None:
         _boolean(cfg, key)
     _choice(cfg, "optimized_metric", OPTIMIZED_METRICS)
     _check_optimizer(cfg)
+    _check_population(cfg)
     _integer(cfg, "data.batch_size", 1, allow_none=True)
     _check_trainer(cfg)
     check_log_dir(cfg)

@@ -14,6 +14,12 @@ For the textbook 2-2-1 sigmoid network, L = 2, ``w_1 = w_hidden = [[w1, w2], [w3
     delta_out    = dL/dy_hat * y_hat (1 - y_hat)           dL/dw_out    = delta_out.T @ h
     delta_hidden = (delta_out @ w_out) * h (1 - h)         dL/dw_hidden = delta_hidden.T @ x
 
+A population of K independent networks puts a leading member dimension on every weight,
+``w_l`` (K, n_l, n_{l-1}) and ``b_l`` (K, n_l), and on every activation, (K, B, n_l); the
+inputs x (B, n_0) and targets y (B, n_L) are shared. The formulas above hold member by member,
+as batched matrix products; a loss over members is the sum of each member's loss, so every
+member's gradient is exactly that of a network trained alone.
+
 Under ``torch.autocast`` the functions compute in the dtypes autocast gives the same operations
 through autograd: the layers in the autocast dtype (bfloat16 for Lightning's ``bf16-mixed``), as
 ``F.linear`` would, and the losses in float32, as ``F.mse_loss`` is. Each gradient comes back in
@@ -63,8 +69,19 @@ def _in_input_dtypes(grads, dtypes) -> tuple:
     return tuple(None if g is None else g.to(dtype) for g, dtype in zip(grads, dtypes))
 
 
-def _reduce(elements: Tensor, reduction: str) -> Tensor:
-    return elements.mean() if reduction == "mean" else elements.sum()
+def _reduce(elements: Tensor, reduction: str, members: int) -> Tensor:
+    # The mean of each member's elements, summed over members: the overall mean times K.
+    return elements.mean() * members if reduction == "mean" else elements.sum()
+
+
+def _members(y_hat: Tensor, y: Tensor) -> int:
+    """How many networks' outputs ``y_hat`` holds against the shared targets ``y``."""
+    if y_hat.shape == y.shape:
+        return 1
+    if y_hat.dim() == y.dim() + 1 and y_hat.shape[1:] == y.shape:
+        return y_hat.shape[0]
+    # Any other broadcast, (B, 1) against (B,) say, would silently average a (B, B) table.
+    raise ValueError(f"y_hat has shape {tuple(y_hat.shape)} but y has {tuple(y.shape)}")
 
 
 class MLPFunction(torch.autograd.Function):
@@ -72,7 +89,8 @@ class MLPFunction(torch.autograd.Function):
 
     Call as ``MLPFunction.apply(x, activations, w_1, b_1, ..., w_L, b_L)`` with ``x`` (B, n_0),
     ``w_l`` (n_l, n_{l-1}), ``b_l`` (n_l,) or None, and ``activations`` a tuple of L names from
-    ``ACTIVATIONS``. Returns ``y_hat`` (B, n_L), then the hidden activations a_1 .. a_{L-1},
+    ``ACTIVATIONS``; for a population, ``w_l`` (K, n_l, n_{l-1}) and ``b_l`` (K, n_l), and the
+    outputs gain the member dimension. Returns ``y_hat`` (B, n_L), then the hidden activations a_1 .. a_{L-1},
     which are returned only so that the backward can keep them without a second forward.
     """
 
@@ -90,9 +108,9 @@ class MLPFunction(torch.autograd.Function):
         with _autocast_off(x):
             for layer, name in enumerate(activations):
                 w, b = params[2 * layer], params[2 * layer + 1]
-                z = a @ w.T  # (B, n_l)
+                z = a @ w.mT  # (B, n_l), or (K, B, n_l) for a population
                 if b is not None:
-                    z = z + b
+                    z = z + b.unsqueeze(-2)
                 a = ACTIVATIONS[name][0](z)
                 hidden.append(a)
         return (a, *hidden[:-1])
@@ -135,12 +153,13 @@ class MLPFunction(torch.autograd.Function):
                 # z_l = a_{l-1} @ w_l.T + b_l, so dL/dw_l = delta_l.T @ a_{l-1}, summed over
                 # the batch, and dL/db_l = delta_l summed over the batch.
                 if need_w[layer]:
-                    grad_w[layer] = delta.T @ a_prev  # (n_l, n_{l-1})
+                    grad_w[layer] = delta.mT @ a_prev  # (n_l, n_{l-1}), or (K, n_l, n_{l-1})
                 if need_b[layer]:
-                    grad_b[layer] = delta.sum(dim=0)  # (n_l,)
+                    grad_b[layer] = delta.sum(dim=-2)  # (n_l,), or (K, n_l)
                 if layer == 0:
                     if need_x:
-                        grad_x = delta @ weights[0]  # (B, n_0)
+                        # x feeds every member, so its gradient sums theirs.
+                        grad_x = (delta @ weights[0]).sum_to_size(x.shape)  # (B, n_0)
                     break
                 if not (need_x or any(need_w[:layer]) or any(need_b[:layer])):
                     break  # nothing below this layer wants a gradient
@@ -157,12 +176,6 @@ class MLPFunction(torch.autograd.Function):
         return grads[0], None, *grads[1:]
 
 
-def _check_same_shape(y_hat: Tensor, y: Tensor) -> None:
-    if y_hat.shape != y.shape:
-        # Broadcasting (B, 1) against (B,) would silently average a (B, B) table.
-        raise ValueError(f"y_hat has shape {tuple(y_hat.shape)} but y has {tuple(y.shape)}")
-
-
 def _loss_inputs_float32(y_hat: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """Under autocast, losses run in float32 (as mse_loss and BCE-with-logits do there)."""
     if _autocast_dtype(y_hat) is None:
@@ -176,17 +189,18 @@ class SquaredErrorFunction(torch.autograd.Function):
     ``half=False`` is ``mse``: (y_hat - y)^2, as Keras' ``MeanSquaredError``. ``half=True`` is
     ``half_mse``: 1/2 (y_hat - y)^2, the textbook form whose gradient for one sample is exactly
     (y_hat - y). The two gradients differ by a factor of 2. ``reduction`` "mean" averages over
-    every element, "sum" adds them up.
+    every element, "sum" adds them up. With a population, ``y_hat`` is (K, B, O) against ``y``
+    (B, O) and the loss is the sum of the K members' losses.
     """
 
     @staticmethod
     def forward(y_hat, y, half, reduction):
-        _check_same_shape(y_hat, y)
+        members = _members(y_hat, y)
         y_hat, y = _loss_inputs_float32(y_hat, y)
         with _autocast_off(y_hat):
-            error = y_hat - y
+            error = y_hat - y  # (B, O), or (K, B, O)
             scale = 0.5 if half else 1.0
-            return scale * _reduce(error * error, reduction)
+            return scale * _reduce(error * error, reduction, members)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -203,14 +217,15 @@ class SquaredErrorFunction(torch.autograd.Function):
         # In the loss's dtype (grad_loss's), as the forward computed; float32 under autocast.
         y_hat, y = y_hat.to(grad_loss.dtype), y.to(grad_loss.dtype)
 
-        # d/dy_hat of scale * e^2 is 2 scale e, divided by N elements under "mean".
+        # d/dy_hat of scale * e^2 is 2 scale e, divided under "mean" by the N elements of one
+        # member's output (y's), since each member's loss is its own mean.
         factor = 1.0 if ctx.half else 2.0
         if ctx.reduction == "mean":
-            factor /= y_hat.numel()
-        grad_error = grad_loss * factor * (y_hat - y)  # (B, O)
+            factor /= y.numel()
+        grad_error = grad_loss * factor * (y_hat - y)  # (B, O), or (K, B, O)
 
         grad_y_hat = grad_error if need_y_hat else None
-        grad_y = -grad_error if need_y else None
+        grad_y = -grad_error.sum_to_size(y.shape) if need_y else None
         return *_in_input_dtypes((grad_y_hat, grad_y), ctx.input_dtypes), None, None
 
 
@@ -224,11 +239,11 @@ class BCEWithLogitsFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(z, y, reduction):
-        _check_same_shape(z, y)
+        members = _members(z, y)
         z, y = _loss_inputs_float32(z, y)
         with _autocast_off(z):
             elements = z.clamp(min=0) - z * y + torch.log1p(torch.exp(-z.abs()))
-            return _reduce(elements, reduction)
+            return _reduce(elements, reduction, members)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -243,10 +258,10 @@ class BCEWithLogitsFunction(torch.autograd.Function):
         need_z, need_y, _ = ctx.needs_input_grad
         z, y = z.to(grad_loss.dtype), y.to(grad_loss.dtype)
 
-        factor = grad_loss / z.numel() if ctx.reduction == "mean" else grad_loss
-        grad_z = factor * (torch.sigmoid(z) - y) if need_z else None  # (B, O)
+        factor = grad_loss / y.numel() if ctx.reduction == "mean" else grad_loss
+        grad_z = factor * (torch.sigmoid(z) - y) if need_z else None  # (B, O), or (K, B, O)
         # dL/dy = -z, the logit itself.
-        grad_y = factor * -z if need_y else None
+        grad_y = (factor * -z).sum_to_size(y.shape) if need_y else None
         return *_in_input_dtypes((grad_z, grad_y), ctx.input_dtypes), None
 
 

@@ -21,6 +21,12 @@ class BackpropModule(L.LightningModule):
     weights); ``optimizer`` holds ``name`` ("sgd" or "adam") and that optimizer's settings.
     With one output, accuracy counts outputs (probabilities, under bce) above 0.5 as class 1;
     with several outputs (regression) only the loss is logged.
+
+    With ``population=K`` above 1 the module trains K independent networks at once (see
+    ``MLP``): ``{stage}/loss`` and ``{stage}/acc`` are the members' means, ``train/loss_max``
+    the worst member's loss, and ``member_loss_sum`` / ``member_acc_sum`` / ``member_rows``
+    accumulate each member's figures over the current training epoch for
+    ``backprop_lab.callbacks.PopulationTracker``.
     """
 
     def __init__(
@@ -37,12 +43,14 @@ class BackpropModule(L.LightningModule):
         reduction: str = "mean",
         init: dict | None = None,
         optimizer: dict | None = None,
+        population: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = MLP(n_inputs, hidden, n_outputs, activation=activation,
                        output_activation=output_activation, bias=bias, freeze_bias=freeze_bias,
-                       backward=backward, loss=loss, reduction=reduction)
+                       backward=backward, loss=loss, reduction=reduction,
+                       population=population)
         self.net.initialize(**(init or {}))
         self.optimizer_settings = dict(optimizer or {"name": "sgd", "lr": 0.1})
         self.classifies = n_outputs == 1
@@ -69,6 +77,9 @@ class BackpropModule(L.LightningModule):
                 torch.cuda.synchronize(loss.device)
             # Read by the TrainingHistory callback: the network's share of the step.
             self.last_forward_seconds = time.perf_counter() - start
+        if self.net.population > 1:
+            self._log_population(x, y, y_hat, stage)
+            return loss
 
         batch_size = x.shape[0]
         # sync_dist averages over DDP processes; on one process it costs nothing.
@@ -80,6 +91,31 @@ class BackpropModule(L.LightningModule):
             self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True,
                      batch_size=batch_size)
         return loss
+
+    def _log_population(self, x: Tensor, y: Tensor, y_hat: Tensor, stage: str) -> None:
+        """Members' mean loss and accuracy; per-member sums for the epoch (training only)."""
+        losses = self.net.member_losses(y_hat.detach(), y)  # (K,)
+        batch_size = x.shape[0]
+        self.log(f"{stage}/loss", losses.mean(), on_step=False, on_epoch=True,
+                 batch_size=batch_size, sync_dist=True)
+        accuracy = None
+        if self.classifies:
+            correct = (self.net.probability(y_hat.detach()) > 0.5) == (y > 0.5)  # (K, B, 1)
+            accuracy = correct.flatten(1).float().mean(1)  # (K,)
+            self.log(f"{stage}/acc", accuracy.mean(), on_step=False, on_epoch=True,
+                     batch_size=batch_size, sync_dist=True)
+        if stage != "train":
+            return
+        # The target-loss stop watches the worst member: the run ends once all reached it.
+        self.log("train/loss_max", losses.max(), on_step=False, on_epoch=True,
+                 batch_size=batch_size, sync_dist=True)
+        self.member_loss_sum = self.member_loss_sum + losses * batch_size
+        if accuracy is not None:
+            self.member_acc_sum = self.member_acc_sum + accuracy * batch_size
+        self.member_rows += batch_size
+
+    def on_train_epoch_start(self) -> None:
+        self.member_loss_sum, self.member_acc_sum, self.member_rows = 0.0, 0.0, 0
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")

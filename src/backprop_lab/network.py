@@ -49,6 +49,11 @@ class MLP(nn.Module):
     logits (so the output activation must be ``identity``); ``reduction`` averages (``mean``) or
     adds (``sum``) over every element. ``bias`` and ``freeze_bias`` take one value for every
     layer or a list with one per layer; a frozen bias keeps its initial value.
+
+    ``population=K`` above 1 holds K independent networks as one: every weight gains a leading
+    member dimension, ``layers[l].weight`` (K, n_l, n_{l-1}) and ``layers[l].bias`` (K, n_l),
+    the output is (K, B, n_outputs) for a shared batch x (B, n_inputs), and the loss is the sum
+    of the members' losses, so that each member's gradient is its own.
     """
 
     # The Function the manual mode runs; a test may put a deliberately wrong one here.
@@ -66,8 +71,11 @@ class MLP(nn.Module):
         backward: str = "manual",
         loss: str = "mse",
         reduction: str = "mean",
+        population: int = 1,
     ) -> None:
         super().__init__()
+        if isinstance(population, bool) or not isinstance(population, int) or population < 1:
+            raise ValueError(f"population={population!r} must be an integer of at least 1")
         hidden = list(hidden)
         if not hidden or any(not isinstance(w, int) or w < 1 for w in hidden):
             raise ValueError(f"hidden={hidden} must list one or more widths, each at least 1")
@@ -95,6 +103,13 @@ class MLP(nn.Module):
             nn.Linear(n_in, n_out, bias=with_bias)
             for n_in, n_out, with_bias in zip(widths[:-1], widths[1:], biases)
         )
+        self.population = population
+        if population > 1:
+            for layer in self.layers:
+                # The member dimension: nn.Linear keeps the parameters, MLP does the products.
+                layer.weight = nn.Parameter(torch.empty(population, *layer.weight.shape))
+                if layer.bias is not None:
+                    layer.bias = nn.Parameter(torch.empty(population, *layer.bias.shape))
         for layer, freeze in zip(self.layers, frozen):
             if freeze and layer.bias is not None:
                 layer.bias.requires_grad_(False)
@@ -103,26 +118,51 @@ class MLP(nn.Module):
         return [t for layer in self.layers for t in (layer.weight, layer.bias)]
 
     def forward(self, x: Tensor, backward: str | None = None) -> Tensor:
-        """``y_hat`` (B, n_outputs) for ``x`` (B, n_inputs); ``backward`` overrides the mode."""
+        """``y_hat`` (B, n_outputs), or (K, B, n_outputs) for a population, for ``x``
+        (B, n_inputs); ``backward`` overrides the module's mode."""
         if (backward or self.backward) == "manual":
             return self.manual_function.apply(x, self.activations, *self._params())[0]
         a = x
         for layer, name in zip(self.layers, self.activations):
-            a = ACTIVATIONS[name][0](F.linear(a, layer.weight, layer.bias))  # (B, n_l)
+            if self.population == 1:
+                z = F.linear(a, layer.weight, layer.bias)  # (B, n_l)
+            else:
+                z = a @ layer.weight.mT  # (K, B, n_l)
+                if layer.bias is not None:
+                    z = z + layer.bias.unsqueeze(-2)
+            a = ACTIVATIONS[name][0](z)
         return a
 
     def loss(self, y_hat: Tensor, y: Tensor, backward: str | None = None) -> Tensor:
         """The scalar loss of ``y_hat`` against ``y`` (see the class docstring)."""
-        manual = (backward or self.backward) == "manual"
-        if self.loss_name == "bce":
-            if manual:
+        if (backward or self.backward) == "manual":
+            if self.loss_name == "bce":
                 return bce_with_logits(y_hat, y, self.reduction)
-            return F.binary_cross_entropy_with_logits(y_hat, y, reduction=self.reduction)
-        half = self.loss_name == "half_mse"
-        if manual:
-            return squared_error(y_hat, y, half=half, reduction=self.reduction)
-        squared = F.mse_loss(y_hat, y, reduction=self.reduction)
-        return 0.5 * squared if half else squared
+            return squared_error(y_hat, y, half=self.loss_name == "half_mse",
+                                 reduction=self.reduction)
+        # Autograd's reference: torch's own losses, on the targets repeated for every member.
+        members = y_hat.shape[0] if y_hat.dim() == y.dim() + 1 else 1
+        target = y.expand_as(y_hat) if members > 1 else y
+        if self.loss_name == "bce":
+            loss = F.binary_cross_entropy_with_logits(y_hat, target, reduction=self.reduction)
+        else:
+            loss = F.mse_loss(y_hat, target, reduction=self.reduction)
+            if self.loss_name == "half_mse":
+                loss = 0.5 * loss
+        # A mean over all K members' elements, times K, is the sum of the members' means.
+        return loss * members if self.reduction == "mean" and members > 1 else loss
+
+    @torch.no_grad()
+    def member_losses(self, y_hat: Tensor, y: Tensor) -> Tensor:
+        """Each member's loss, (K,) (or (1,) for a single network); no gradient."""
+        out = y_hat if y_hat.dim() == y.dim() + 1 else y_hat.unsqueeze(0)  # (K, B, O)
+        target = y.expand_as(out)
+        if self.loss_name == "bce":
+            elements = F.binary_cross_entropy_with_logits(out, target, reduction="none")
+        else:
+            elements = (out - target) ** 2 * (0.5 if self.loss_name == "half_mse" else 1.0)
+        per_member = elements.flatten(1)
+        return per_member.mean(1) if self.reduction == "mean" else per_member.sum(1)
 
     def probability(self, y_hat: Tensor) -> Tensor:
         """The output read as the probability of class 1 (sigmoid of the logits under bce)."""
@@ -154,27 +194,31 @@ class MLP(nn.Module):
         ``glorot_uniform`` from U(-a, a) with a = scale * sqrt(6 / (fan_in + fan_out)) and zero
         biases, as Keras' Dense layer does. The generator is private, so the weights depend on
         ``seed`` alone and not on whatever else consumed the global random state. ``weights``
-        maps names from ``named_weights`` to nested lists that replace the draw.
+        maps names from ``named_weights`` to nested lists that replace the draw (for every
+        member of a population). Member i of a population is drawn from ``seed + i``, exactly
+        as a single network initialised with that seed.
         """
         if scheme not in INIT_SCHEMES:
             raise ValueError(f"init scheme={scheme!r} is not one of {', '.join(INIT_SCHEMES)}")
-        generator = torch.Generator().manual_seed(seed)
-        for layer in self.layers:
-            for tensor in (layer.weight, layer.bias):
-                if tensor is None:
-                    continue
-                draw = torch.empty(tensor.shape, dtype=torch.float64)
-                if scheme == "uniform":
-                    draw.uniform_(-scale, scale, generator=generator)
-                elif scheme == "normal":
-                    draw.normal_(0.0, scale, generator=generator)
-                elif tensor is layer.bias:
-                    draw.zero_()
-                else:
-                    fan_out, fan_in = tensor.shape
-                    limit = scale * math.sqrt(6.0 / (fan_in + fan_out))
-                    draw.uniform_(-limit, limit, generator=generator)
-                tensor.copy_(draw)
+        for member in range(self.population):
+            generator = torch.Generator().manual_seed(seed + member)
+            for layer in self.layers:
+                for tensor in (layer.weight, layer.bias):
+                    if tensor is None:
+                        continue
+                    target = tensor[member] if self.population > 1 else tensor
+                    draw = torch.empty(target.shape, dtype=torch.float64)
+                    if scheme == "uniform":
+                        draw.uniform_(-scale, scale, generator=generator)
+                    elif scheme == "normal":
+                        draw.normal_(0.0, scale, generator=generator)
+                    elif tensor is layer.bias:
+                        draw.zero_()
+                    else:
+                        fan_out, fan_in = target.shape
+                        limit = scale * math.sqrt(6.0 / (fan_in + fan_out))
+                        draw.uniform_(-limit, limit, generator=generator)
+                    target.copy_(draw)
         self._set_weights(weights)
 
     def _set_weights(self, weights: dict | None) -> None:
@@ -189,7 +233,8 @@ class MLP(nn.Module):
                 )
             if current[name] is None:
                 raise ValueError(f"init weights: {name!r} given but that layer has no bias")
-            shape = tuple(current[name].shape)
+            # One member's shape; a population takes the same values for every member.
+            shape = tuple(current[name].shape)[1 if self.population > 1 else 0:]
             try:
                 given = torch.as_tensor(value, dtype=torch.float64)
             except (TypeError, ValueError, RuntimeError):

@@ -51,6 +51,8 @@ def quiet_lightning_warnings() -> None:
     warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\).*")
     # XOR's four rows split evenly over DDP processes, so each is evaluated exactly once.
     warnings.filterwarnings("ignore", ".*it is recommended to use `Trainer\\(devices=1.*")
+    # The module casts every batch to its dtype, whichever data module served it.
+    warnings.filterwarnings("ignore", ".*overridden `on_after_batch_transfer` in `Lightning.*")
 
 
 def stage_metrics(stage: str, logged: dict) -> dict:
@@ -105,15 +107,45 @@ def trainer_parity_message(trainer) -> str:
     return "gradient parity failed"
 
 
+def _watch_worst_member(callbacks: list) -> None:
+    """A population stops at the target loss once its worst member is there, not its mean."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    for callback in callbacks:
+        if isinstance(callback, EarlyStopping) and callback.monitor == "train/loss":
+            callback.monitor = "train/loss_max"
+
+
+def _population_pictures(folder: Path, tracker, metrics: dict) -> list[Path]:
+    """Every member's loss curve, faint, and the histogram of epochs to the target."""
+    import torch
+
+    from backprop_lab import plots
+
+    losses = torch.stack(tracker.curves).T.tolist()  # K curves, one loss per epoch
+    epochs = list(range(1, len(tracker.curves) + 1))
+    # Limitation: at most 200 members are drawn, so that a large population stays legible.
+    curves = [(epochs, member) for member in losses[:200]]
+    label = f"{metrics['backward']}, {len(losses)} members"
+    reached = {label: [row["epochs_to_target"] for row in metrics["members"]]}
+    return [plots.loss_curves({label: curves}, folder / "loss_curve.png"),
+            plots.convergence_histogram(reached, folder / "epochs_to_target.png")]
+
+
 def _draw_pictures(output_dir: Path, metrics: dict, datamodule, trainer) -> list[str]:
     """Decision boundary, hidden-unit maps, loss curve and gradient gaps of a finished run."""
     from backprop_lab import plots
-    from backprop_lab.callbacks import GradientParity, TrainingHistory
+    from backprop_lab.callbacks import GradientParity, PopulationTracker, TrainingHistory
 
     x, y = datamodule.train_arrays()
     weights = metrics["weights"]
     folder = output_dir / "pictures"
     paths = []
+    if metrics.get("population", 1) > 1:
+        for callback in trainer.callbacks:
+            if isinstance(callback, PopulationTracker) and callback.curves:
+                paths += _population_pictures(folder, callback, metrics)
+        return [str(p) for p in paths]
     if x.shape[1] == 2:
         # Maps over the input plane exist only for two inputs.
         model = dict(trainer.lightning_module.hparams)
@@ -324,6 +356,8 @@ def train(cfg: DictConfig) -> dict:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
         loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+        if cfg.model.get("population", 1) > 1:
+            _watch_worst_member(callbacks)
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         # Under 64-true the parameters are made in float64, so that explicit initial weights
         # such as 0.35 are kept exactly rather than rounded to float32 first.
