@@ -153,3 +153,28 @@ def test_bad_directory_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys
     (line,) = captured.err.strip().splitlines()
     assert line.startswith(f"backprop-report: error: {given} ")
     assert not out.exists()
+
+
+def test_population_members_count_as_replicates_with_their_own_epochs(tmp_path):
+    log_dir = tmp_path / "logs"
+    out = subprocess.run(
+        [sys.executable, "-m", "backprop_lab.train", "-m", "model.backward=manual,autograd",
+         "model.population=3", "experiment=xor", "trainer.max_epochs=150", "plots=false",
+         f"paths.log_dir={log_dir}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    (multirun,) = log_dir.glob("train/multiruns/*")
+    assert report.main([str(multirun)]) == 0
+
+    rows = _summary(multirun / "summary.csv")
+    for number, backward in enumerate(("manual", "autograd")):
+        members = _job_metrics(multirun, number)["members"]
+        reached = [m["epochs_to_target"] for m in members if m["epochs_to_target"]]
+        row = rows[backward]
+        assert int(row["n_runs"]) == 3 and int(row["n_reached_target"]) == len(reached)
+        assert float(row["epochs_to_target_mean"]) == pytest.approx(statistics.fmean(reached))
+        assert float(row["train_loss_max"]) == max(m["train_loss"] for m in members)
+    text = (multirun / "report.md").read_text()
+    assert "6 of the runs counted below are members of populations" in text
+    assert imread(multirun / "loss_curves.png").shape[:2] == (500, 800)

@@ -88,6 +88,11 @@ def prepare(cfg: DictConfig):
     _check_data_fits(model, datamodule)
     points = None
     if cfg.get("predict") is not None:
+        population = model.hparams.get("population", 1)
+        if population > 1:
+            # Limitation: K members would need K prediction columns each; not written yet.
+            raise ConfigError(f"predict: the checkpoint holds a population of {population} "
+                              "networks; backprop-eval predicts with single networks only")
         try:
             points = _read_points(cfg.predict, inputs)
         except ValueError as err:

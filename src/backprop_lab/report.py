@@ -8,6 +8,7 @@ override parser is imported only to expand a multirun's sweep definition.
 
 import argparse
 import csv
+import functools
 import itertools
 import logging
 import math
@@ -53,6 +54,7 @@ class Run:
     path: Path | None
     overrides: list[str]
     metrics: dict | None = None
+    member: int | None = None  # the member of a population run (model.population > 1)
 
     @property
     def state(self) -> str:
@@ -160,6 +162,37 @@ def collect(dirs: list[Path]) -> tuple[list[Run], list[Sweep]]:
             raise ReportError(f"{directory} holds no run directory (none with metrics.json or "
                               ".hydra/overrides.yaml)")
     return runs, sweeps
+
+
+def expand_populations(runs: list[Run]) -> list[Run]:
+    """``runs`` with every population run replaced by one run per member.
+
+    A member counts as a replicate like a seed: its training loss and accuracy, its epochs to
+    the target and the run's step time come from the run's metrics.json, its loss curve from
+    member_losses.npz. Limitation: members have no validation or test figures of their own.
+    """
+    expanded = []
+    for run in runs:
+        members = (run.metrics or {}).get("members")
+        if not members:
+            expanded.append(run)
+            continue
+        for row in members:
+            metrics = {key: run.metrics.get(key) for key in ("status", "stop_reason",
+                                                             "step_ms_mean", "backward")}
+            metrics.update(train_loss=row["train_loss"], train_acc=row["train_acc"],
+                           epochs_to_target=row["epochs_to_target"], seed=row["init_seed"])
+            expanded.append(Run(name=f"{run.name}#{row['member']}", path=run.path,
+                                overrides=run.overrides, metrics=metrics, member=row["member"]))
+    return expanded
+
+
+@functools.lru_cache(maxsize=8)
+def _member_curves(path: Path):
+    import numpy as np
+
+    with np.load(path) as saved:
+        return saved["epoch"].tolist(), saved["loss"]
 
 
 def _split(override: str) -> tuple[str, str]:
@@ -300,9 +333,16 @@ def write_summary_csv(rows: list[dict], keys: list[str], path: Path) -> Path:
 
 
 def loss_history(run: Run) -> tuple[list[int], list[float]] | None:
-    """(steps, training losses) from history.csv, else from csv/metrics.csv's train/loss."""
+    """(steps, training losses) from history.csv, else from csv/metrics.csv's train/loss;
+    a population member's from member_losses.npz (one step per epoch)."""
     if run.path is None:
         return None
+    if run.member is not None:
+        path = run.path / "member_losses.npz"
+        if not path.is_file():
+            return None
+        epochs, losses = _member_curves(path)
+        return epochs, losses[:, run.member].tolist()
     for name, step_column, loss_column in (
         ("history.csv", "step", "loss"), ("csv/metrics.csv", "step", "train/loss"),
     ):
@@ -369,6 +409,7 @@ def write_report(dirs: list[Path], out: Path) -> Path:
     """
     runs, sweeps = collect(dirs)
     keys = row_keys(runs, sweeps)
+    runs = expand_populations(runs)
     rows = summarize(runs, keys)
     out.mkdir(parents=True, exist_ok=True)
     write_summary_csv(rows, keys, out / "summary.csv")
@@ -377,16 +418,21 @@ def write_report(dirs: list[Path], out: Path) -> Path:
     for run in runs:
         by_label.setdefault(_label(keys, combination(run, keys)), []).append(run)
 
-    found = [run for run in runs if run.path is not None]
+    found = list(dict.fromkeys(run.path for run in runs if run.path is not None))
     missing = [run for run in runs if run.metrics is None]
     lines = [
         "# Training report", "",
         f"Read {', '.join(f'`{d}`' for d in dirs)}: {len(found)} run directories, "
-        f"{sum(run.metrics is not None for run in runs)} with metrics.json, "
+        f"{sum(run.metrics is not None and run.member in (None, 0) for run in runs)} with "
+        "metrics.json, "
         f"{len(missing)} jobs missing.",
         f"Rows differ in {', '.join(f'`{k}`' for k in keys) or 'nothing'}; "
         f"`{REPLICATE_KEY}` and output paths are not row keys.",
     ]
+    n_members = sum(run.member is not None for run in runs)
+    if n_members:
+        lines.append(f"{n_members} of the runs counted below are members of populations "
+                     "(`model.population`), each a replicate like a seed.")
     lines += [f"Sweep `{s.path}`: {s.note}." for s in sweeps if s.note]
 
     headings = [heading for _, _, heading in STATISTICS]
@@ -410,7 +456,8 @@ def write_report(dirs: list[Path], out: Path) -> Path:
     lines += ["", "## Training loss", ""]
     if any(histories.values()):
         plots.loss_curves(histories, out / "loss_curves.png",
-                          title=f"Training loss of every run ({len(found)} runs)")
+                          title="Training loss of every run "
+                                f"({sum(map(len, histories.values()))} runs)")
         lines.append("![training loss of every run](loss_curves.png)")
     else:
         lines.append("No run has a loss history (history.csv or csv/metrics.csv).")
@@ -427,7 +474,7 @@ def write_report(dirs: list[Path], out: Path) -> Path:
     else:
         lines.append("No completed run reached the target loss.")
 
-    parity = {label: [r for run in members for r in parity_rows(run)]
+    parity = {label: [r for run in members if run.member in (None, 0) for r in parity_rows(run)]
               for label, members in by_label.items()}
     if any(parity.values()):
         lines += ["", "## Gradients: manual backward against autograd"]
