@@ -115,6 +115,8 @@ class StopOnDivergence(Callback):
         self.diverged_at, self._last_finite = None, None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # Limitation: a population's loss is the sum over members, so one member that
+        # diverges stops them all.
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         value = float(loss)
         if math.isfinite(value):
