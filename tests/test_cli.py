@@ -111,6 +111,54 @@ def test_bce_on_targets_outside_zero_and_one_is_refused(tmp_path, capsys):
     assert "model.loss=bce needs targets in {0, 1}" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def wide_checkpoint(tmp_path_factory):
+    """The checkpoint of a 3-epoch run of a 2-8-1 network."""
+    from hydra import compose, initialize_config_module
+
+    from backprop_lab.run import train
+
+    out = tmp_path_factory.mktemp("wide") / "run"
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        cfg = compose(CONFIG_NAME, overrides=[f"paths.output_dir={out}", "plots=false",
+                                              "model.hidden=[8]", "trainer.max_epochs=3"])
+    return train(cfg)["checkpoint"]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["ckpt_path={ckpt}"], "holds net.layers.0.weight of shape (8, 2) but this config's "
+                           "network has (2, 2)"),
+    (["ckpt_path={ckpt}", "model.hidden=[8]", "trainer.max_epochs=3"],
+     "was saved after epoch 3; resuming needs trainer.max_epochs above that (it is 3)"),
+    (["ckpt_path={text}"], "is not a checkpoint of this project"),
+    (["ckpt_path={folder}"], "is a directory; give the checkpoint file"),
+    (["callbacks.parity.every_n_steps=0"], "callbacks.parity: every_n_steps=0 must be at least 1"),
+    (["callbacks.parity.tolerance=-1"], "callbacks.parity: tolerance=-1 must be a number above 0"),
+    (["callbacks.checkpoint.every_n_epochs=-5"], "callbacks.checkpoint: Invalid value for "
+                                                 "every_n_epochs=-5"),
+    (["trainer.precision=bf16-true"], "trainer.precision='bf16-true' is not allowed"),
+    (["data=csv", "data.path={targets}"], "the data's targets run from 0 to 2, but "
+                                          "model.output_activation=sigmoid only gives values"),
+    (["seed=1.5"], "seed=1.5 is not allowed"),
+    (["data=moons", "data.samples=0"], "data.samples=0 is not allowed"),
+])
+def test_bad_resume_callback_or_target_setting_is_refused_before_any_output(
+        args, expected, wide_checkpoint, tmp_path, capsys):
+    targets = tmp_path / "targets.csv"
+    targets.write_text("a,b,y\n" + "".join(f"{i},{i % 4},{i % 3}\n" for i in range(12)))
+    (tmp_path / "text.ckpt").write_text("not a checkpoint")
+    names = {"ckpt": wide_checkpoint, "text": tmp_path / "text.ckpt", "folder": tmp_path,
+             "targets": targets}
+    logs = tmp_path / "logs"
+    with pytest.raises(SystemExit) as exit_info:
+        preflight([a.format(**names) for a in args] + [f"paths.log_dir={logs}"], CONFIG_MODULE,
+                  CONFIG_NAME, validate, prog="backprop-train")
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0]
+    assert not logs.exists()
+
+
 def test_gpu_trainer_without_cuda_is_refused_in_one_line(capsys):
     with pytest.raises(SystemExit):
         preflight(["trainer=gpu"], CONFIG_MODULE, CONFIG_NAME, validate, prog="backprop-train")

@@ -45,15 +45,15 @@ def eval_cfg(tmp_path, *overrides):
 
 
 def test_eval_in_a_fresh_process_reproduces_the_runs_val_and_test_metrics(moons_run, tmp_path):
+    # No data= given: the checkpoint carries its data's config, so the split is the run's.
     out = subprocess.run(
-        [str(SCRIPT), f"ckpt_path={moons_run['checkpoint']}", f"paths.log_dir={tmp_path}",
-         *MOONS],
+        [str(SCRIPT), f"ckpt_path={moons_run['checkpoint']}", f"paths.log_dir={tmp_path}"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     (metrics_file,) = tmp_path.glob("eval/runs/*/metrics.json")
     metrics = json.loads(metrics_file.read_text())
-    assert metrics["status"] == "completed"
+    assert metrics["status"] == "completed" and metrics["data"].endswith("MoonsDataModule")
     for key in ("val_loss", "val_acc", "test_loss", "test_acc"):
         assert metrics[key] == pytest.approx(moons_run[key], abs=1e-7), key
     assert f"outputs: {metrics_file.parent}" in out.stdout
@@ -116,15 +116,18 @@ def test_regression_checkpoint_predicts_one_column_per_output(make_cfg, tmp_path
         (["ckpt_path={ckpt}", "data=moons", "predict={nan}"],
          "column 'x2', row 1 (line 2) is NaN"),
         (["ckpt_path={ckpt}", "data=moons", "predict=missing.csv"], "missing.csv does not exist"),
+        (["ckpt_path={ckpt}", "predict={partial}"],
+         "predict: CSV file {partial} has no column 'x2'"),
     ],
 )
 def test_bad_eval_input_exits_2_with_one_line_and_writes_nothing(moons_run, tmp_path, capsys,
                                                                  overrides, expected):
     files = {"points": tmp_path / "points.txt", "wide": tmp_path / "wide.csv",
-             "nan": tmp_path / "nan.csv"}
+             "nan": tmp_path / "nan.csv", "partial": tmp_path / "partial.csv"}
     files["points"].write_text("not a checkpoint\n")
     files["wide"].write_text("a,b,c\n1,2,3\n")
     files["nan"].write_text("x1,x2\n1,nan\n")
+    files["partial"].write_text("x1,y\n1,2\n")  # names one input: not read by position
     names = {key: str(path) for key, path in files.items()} | {"ckpt": moons_run["checkpoint"]}
     args = [arg.replace("[mean radius,mean texture,mean area]",
                         "['mean radius','mean texture','mean area']").format(**names)

@@ -178,3 +178,12 @@ def test_population_members_count_as_replicates_with_their_own_epochs(tmp_path):
     text = (multirun / "report.md").read_text()
     assert "6 of the runs counted below are members of populations" in text
     assert imread(multirun / "loss_curves.png").shape[:2] == (500, 800)
+
+
+def test_out_that_is_a_file_is_refused_in_one_line(sweep, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert report.main([str(sweep), "--out", str(a_file)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"backprop-report: error: --out {a_file}: {a_file} is a file, not a "
+                     "directory"]

@@ -164,6 +164,10 @@ class GradientParity(Callback):
                  path: str | None = None) -> None:
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps={every_n_steps} must be at least 1")
+        if not (isinstance(tolerance, (int, float)) and tolerance > 0):
+            raise ValueError(f"tolerance={tolerance!r} must be a number above 0")
+        if not (isinstance(atol, (int, float)) and atol >= 0):
+            raise ValueError(f"atol={atol!r} must be a number of at least 0")
         self.every_n_steps = every_n_steps
         self.tolerance = tolerance
         self.atol = atol

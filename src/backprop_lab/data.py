@@ -32,14 +32,18 @@ def _check_batch_size(batch_size) -> None:
                          ">= 1, or null for the full batch")
 
 
-def input_state(feature_names: list[str], target_names: list[str], mean, std) -> dict:
-    """What a checkpoint keeps of the data (see ``state_dict``): column names and scaling.
+def input_state(datamodule, feature_names: list[str], target_names: list[str], mean,
+                std) -> dict:
+    """What a checkpoint keeps of the data (see ``state_dict``): column names, scaling, and
+    the data's config when the run set ``data_config`` (``backprop_lab.run.build_data`` does).
 
     A trained network takes its inputs standardised with ``mean`` and ``std``; whoever feeds
-    it new points (``backprop-eval predict=...``) scales them the same way.
+    it new points (``backprop-eval predict=...``) scales them the same way, and
+    ``backprop-eval`` without ``data=`` rebuilds the run's own data from the config.
     """
     return {"feature_names": list(feature_names), "target_names": list(target_names),
-            "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+            "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+            "data_config": getattr(datamodule, "data_config", None)}
 
 
 def _full_batch_loader(dataset: TensorDataset, trainer) -> DataLoader:
@@ -75,11 +79,16 @@ class RowsDataModule(L.LightningDataModule):
     def state_dict(self) -> dict:
         """Saved by Lightning into every checkpoint: the inputs are used unscaled."""
         targets = ["y"] if self.n_targets == 1 else [f"y{i + 1}" for i in range(self.n_targets)]
-        return input_state([f"x{i + 1}" for i in range(self.n_features)], targets,
+        return input_state(self, [f"x{i + 1}" for i in range(self.n_features)], targets,
                            [0.0] * self.n_features, [1.0] * self.n_features)
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Nothing to restore: the rows come from the config."""
+
+    def target_range(self) -> tuple[float, float]:
+        """The smallest and the largest target value."""
+        y = self.dataset.tensors[1]
+        return float(y.min()), float(y.max())
 
     def train_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The rows as float32 arrays, (N, n_features) and (N, n_targets)."""
@@ -195,10 +204,15 @@ class TableDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict:
         """Saved by Lightning into every checkpoint: column names and the inputs' scaling."""
-        return input_state(self.feature_names, self.target_names, self.mean, self.std)
+        return input_state(self, self.feature_names, self.target_names, self.mean, self.std)
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Nothing to restore: the rows, the split and the scaling are rebuilt from the config."""
+
+    def target_range(self) -> tuple[float, float]:
+        """The smallest and the largest target value over all three splits."""
+        y = torch.cat([part.tensors[1] for part in (self.train_set, self.val_set, self.test_set)])
+        return float(y.min()), float(y.max())
 
     def train_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The training split as the model sees it: float32 (N, n_features) and (N, n_targets)."""
@@ -303,6 +317,14 @@ class CSVDataModule(TableDataModule):
         super().__init__(x, y, val_fraction=val_fraction, test_fraction=test_fraction,
                          standardize=standardize, batch_size=batch_size, seed=seed,
                          feature_names=names, target_names=self.target_names)
+
+
+    def state_dict(self) -> dict:
+        """As the table's, with the file's absolute path, valid from any directory."""
+        state = super().state_dict()
+        if state["data_config"] is not None:
+            state["data_config"] = {**state["data_config"], "path": str(self.path)}
+        return state
 
 
 class BreastCancerDataModule(TableDataModule):

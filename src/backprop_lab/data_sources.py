@@ -179,12 +179,12 @@ def read_points(path, names: list[str]) -> tuple[np.ndarray, list[str]]:
     """The columns ``names`` of a CSV file with a header row, as (N, len(names)) numbers.
 
     For feeding new points to a trained network: its input columns must all be there (other
-    columns are ignored). A file without those names but with exactly ``len(names)`` columns
-    is taken column for column. Returns the numbers and the header names used.
+    columns are ignored). A file that names none of them but has exactly ``len(names)``
+    columns is taken column for column. Returns the numbers and the header names used.
     """
     file, header, rows, lines = _read_rows(path)
-    if not all(name in header for name in names) and len(header) == len(names):
-        names = header
+    if not any(name in header for name in names) and len(header) == len(names):
+        names = header  # no input named at all: the columns in order
     missing = [name for name in names if name not in header]
     if missing:
         raise ValueError(

@@ -76,15 +76,19 @@ def _read_points(path, inputs: dict):
 
 def prepare(cfg: DictConfig):
     """Everything an evaluation needs, checked; raises ConfigError with one line otherwise."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from backprop_lab.run import build_data
 
     check_log_dir(cfg)
     path, model, inputs = _load_checkpoint(cfg.get("ckpt_path"))
-    try:
-        datamodule = instantiate(cfg.data)
-    except InstantiationException as err:
-        raise ConfigError(str(err.__cause__ or err)) from None
+    data_cfg = cfg.get("data")
+    if data_cfg is None:
+        if inputs.get("data_config") is None:
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not say which data it was "
+                              "trained on; give data=... (and the run's seed=...)")
+        data_cfg = OmegaConf.create(inputs["data_config"])
+    datamodule = build_data(data_cfg)
     _check_data_fits(model, datamodule)
     points = None
     if cfg.get("predict") is not None:
@@ -97,7 +101,7 @@ def prepare(cfg: DictConfig):
             points = _read_points(cfg.predict, inputs)
         except ValueError as err:
             raise ConfigError(f"predict: {err}") from None
-    return path, model, inputs, datamodule, points
+    return path, model, inputs, data_cfg, datamodule, points
 
 
 def validate(cfg: DictConfig) -> None:
@@ -144,7 +148,7 @@ def evaluate(cfg: DictConfig) -> dict:
     """
     from backprop_lab.run import route_lightning_logs, stage_metrics, quiet_lightning_warnings
 
-    path, model, inputs, datamodule, points = prepare(cfg)
+    path, model, inputs, data_cfg, datamodule, points = prepare(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -153,7 +157,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
     quiet_lightning_warnings()
     route_lightning_logs()
-    metrics = {"status": "failed", "ckpt_path": str(path), "data": cfg.data._target_,
+    metrics = {"status": "failed", "ckpt_path": str(path), "data": data_cfg._target_,
                "backward": model.hparams.backward, "loss": model.hparams.loss,
                "output_dir": str(output_dir)}
     start = time.perf_counter()

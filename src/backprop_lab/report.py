@@ -529,6 +529,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="where to write (default: the DIR when one is given, else ./report)")
     args = parser.parse_args(argv)
     out = args.out or (args.dirs[0] if len(args.dirs) == 1 else Path("report"))
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        print(f"{PROG}: error: --out {out}: {existing} is a file, not a directory",
+              file=sys.stderr)
+        return 2
 
     try:
         path = write_report(args.dirs, out)

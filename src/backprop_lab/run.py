@@ -246,6 +246,28 @@ def share_job_with_ddp_processes(output_dir: Path) -> None:
     ])
 
 
+def build_data(data_cfg: DictConfig):
+    """The datamodule ``data_cfg`` describes; a setting it refuses is named as ``data.<key>``.
+
+    The datamodule also keeps ``data_cfg``, resolved, so that checkpoints carry it (see
+    ``TableDataModule.state_dict``) and ``backprop-eval`` can rebuild the same data.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        datamodule = instantiate(data_cfg)
+    except (InstantiationException, ValueError) as err:
+        message = str(err.__cause__ or err) if isinstance(err, InstantiationException) \
+            else str(err)
+        key = message.split("=", 1)[0]
+        if key in data_cfg and not key.startswith("data."):
+            message = f"data.{message}"
+        raise ConfigError(message) from None
+    datamodule.data_config = OmegaConf.to_container(data_cfg, resolve=True)
+    return datamodule
+
+
 def build(cfg: DictConfig):
     """The datamodule and the LightningModule that ``cfg`` describes, checked against each other.
 
@@ -253,7 +275,7 @@ def build(cfg: DictConfig):
     """
     from hydra.utils import instantiate
 
-    datamodule = instantiate(cfg.data)
+    datamodule = build_data(cfg.data)
     # A null width in the model config takes the data's (a CSV's is known only once read).
     widths = {key: value for key, value in (("n_inputs", datamodule.n_features),
                                             ("n_outputs", datamodule.n_targets))
@@ -273,7 +295,25 @@ def build(cfg: DictConfig):
     if model.hparams.n_outputs != n_targets:
         raise ConfigError(f"model.n_outputs={model.hparams.n_outputs} does not match the data, "
                           f"which has {n_targets} target columns")
+    _check_targets_reachable(model.hparams, datamodule)
     return datamodule, model
+
+
+# What each output activation can produce; a squared error towards a target outside it can
+# never reach zero, which is a mistake in the config, not an experiment.
+OUTPUT_RANGES = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0), "relu": (0.0, math.inf)}
+
+
+def _check_targets_reachable(hparams, datamodule) -> None:
+    low, high = OUTPUT_RANGES.get(hparams.output_activation, (-math.inf, math.inf))
+    if hparams.loss == "bce":
+        return  # the logits are unbounded; bce checks its targets itself
+    y_low, y_high = datamodule.target_range()
+    if y_low < low or y_high > high:
+        raise ConfigError(
+            f"the data's targets run from {y_low:g} to {y_high:g}, but "
+            f"model.output_activation={hparams.output_activation} only gives values in "
+            f"[{low:g}, {high:g}]; use model.output_activation=identity for such targets")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -285,13 +325,63 @@ def validate(cfg: DictConfig) -> None:
 
     check_config(cfg)
     try:
-        build(cfg)
+        _, model = build(cfg)
+        _check_callbacks(cfg)
     except ConfigError:
         raise
     except InstantiationException as err:
         raise ConfigError(str(err.__cause__ or err)) from None
     except (ValueError, TypeError, RuntimeError) as err:
         raise ConfigError(str(err)) from None
+    if cfg.get("ckpt_path") is not None:
+        check_resumable(cfg.ckpt_path, model, cfg.trainer.max_epochs)
+
+
+def _check_callbacks(cfg: DictConfig) -> None:
+    """Build every callback once, with a stand-in output directory, so that their own checks
+    of their settings run before a run directory exists."""
+    from hydra.utils import instantiate
+
+    if not cfg.get("callbacks"):
+        return
+    stand_in = OmegaConf.create({"paths": {"output_dir": "checking-callbacks"},
+                                 "target_loss": cfg.get("target_loss"),
+                                 "callbacks": OmegaConf.to_container(cfg.callbacks)})
+    for name, settings in stand_in.callbacks.items():
+        try:
+            instantiate(settings)
+        except Exception as err:
+            cause = err.__cause__ or err
+            raise ConfigError(f"callbacks.{name}: {cause}".splitlines()[0]) from None
+
+
+def check_resumable(ckpt_path, model, max_epochs) -> None:
+    """ConfigError unless ``ckpt_path`` is a checkpoint of this model that training can go on
+    from: the same parameter shapes, and an epoch below ``trainer.max_epochs``."""
+    import torch
+
+    path = Path(str(ckpt_path)).expanduser()
+    try:
+        # Lightning checkpoints hold plain Python containers next to tensors.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        saved = checkpoint["state_dict"]
+    except Exception as err:
+        raise ConfigError(f"ckpt_path={ckpt_path} is not a checkpoint of this project "
+                          f"({type(err).__name__})") from None
+    for name, tensor in model.state_dict().items():
+        if name in saved and tuple(saved[name].shape) != tuple(tensor.shape):
+            raise ConfigError(
+                f"ckpt_path={ckpt_path} holds {name} of shape {tuple(saved[name].shape)} but "
+                f"this config's network has {tuple(tensor.shape)}; resume with the settings "
+                "the checkpoint was trained with")
+    missing = sorted(set(model.state_dict()) - set(saved))
+    if missing:
+        raise ConfigError(f"ckpt_path={ckpt_path} has no {missing[0]}; it was trained with "
+                          "another network shape")
+    epoch = checkpoint.get("epoch", 0)
+    if max_epochs != -1 and epoch >= max_epochs:
+        raise ConfigError(f"ckpt_path={ckpt_path} was saved after epoch {epoch}; resuming "
+                          f"needs trainer.max_epochs above that (it is {max_epochs})")
 
 
 def _fit_and_evaluate(cfg: DictConfig, trainer, model, datamodule) -> dict:
@@ -382,7 +472,8 @@ def train(cfg: DictConfig) -> dict:
             metrics["weights"] = _weights(model)
         if isinstance(err, (KeyboardInterrupt, SystemExit)):
             # Lightning turns Ctrl-C into SystemExit after its own clean-up.
-            metrics.update(status="interrupted", reason="interrupted by a signal (Ctrl-C)")
+            metrics.update(status="interrupted", reason="interrupted by a signal (Ctrl-C)",
+                           stop_reason="interrupted by a signal (Ctrl-C)")
         raise
     finally:
         metrics["wall_seconds"] = time.perf_counter() - start

@@ -87,6 +87,26 @@ def _job_failed(cfg: DictConfig, err: Exception) -> float:
     return math.nan
 
 
+def _report_interruption(cfg: DictConfig) -> None:
+    """After Ctrl-C: say where the run stopped and how to resume it, then exit 130."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from backprop_lab.metrics_file import read_metrics
+
+    try:
+        metrics = read_metrics(cfg.paths.output_dir)
+    except (OSError, ValueError):
+        return
+    if metrics.get("status") != "interrupted" or not is_rank_zero():
+        return
+    print(f"interrupted after {metrics.get('steps')} steps; outputs: {cfg.paths.output_dir}")
+    if metrics.get("checkpoint"):
+        command = ["backprop-train", *HydraConfig.get().overrides.task,
+                   f"ckpt_path={metrics['checkpoint']}"]
+        print(f"  resume with: {' '.join(command)}")
+    sys.exit(130)  # the shell's status for a program ended by SIGINT
+
+
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)
 def hydra_main(cfg: DictConfig) -> float | None:
     """The Hydra app: one run, or one job of a multirun; returns the value a sweeper minimises."""
@@ -111,6 +131,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except Exception as err:
         if multirun:
             return _job_failed(cfg, err)
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        _report_interruption(cfg)
         raise
     if is_rank_zero():
         print(format_summary(metrics))
