@@ -113,3 +113,26 @@ def test_good_overrides_and_sweeps_pass_the_preflight(capsys):
                  ["--help"]):
         preflight(args, CONFIG_MODULE, CONFIG_NAME, validate, prog="backprop-train")
     assert capsys.readouterr().err == ""
+
+
+# What the command line must not import before training starts: each costs a second or more.
+HEAVY_MODULES = ("torch", "lightning", "matplotlib", "mlflow", "optuna", "sklearn")
+SHOW_IMPORTED_AFTER_MAIN = f"""
+import sys
+from backprop_lab.train import main
+sys.argv = ["backprop-train", *sys.argv[1:]]
+try:
+    main()
+finally:
+    print("imported:", [m for m in {HEAVY_MODULES!r} if m in sys.modules])
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--cfg", "job"]], ids=["help", "cfg_job"])
+def test_help_and_cfg_job_import_no_heavy_library(args):
+    out = subprocess.run([sys.executable, "-c", SHOW_IMPORTED_AFTER_MAIN, *args],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "imported: []"
+    expected = "backprop-train: train a small sigmoid network" if args == ["--help"] else "seed: 0"
+    assert expected in out.stdout
