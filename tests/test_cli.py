@@ -76,6 +76,8 @@ def test_module_entry_point_rejects_a_bad_value_in_one_line(tmp_path):
         (["model.activation=[tanh,relu]"], "give one value or 1, one per layer"),
         (["model.loss=bce"], "model.loss=bce takes the output as logits"),
         (["model.reduction=max"], "model.reduction='max' is not allowed; choose one of: mean"),
+        (["model.manual_impl=fast"],
+         "model.manual_impl='fast' is not allowed; choose one of: readable, fused"),
         (["model.freeze_bias=sometimes"], "model.freeze_bias='sometimes' is not allowed"),
         (["+model.foo=1"], "unexpected keyword argument 'foo'"),
         (["-m", "model.init.seed=0,abc"], "model.init.seed='abc' is not allowed"),

@@ -83,9 +83,10 @@ def _one_or_per_layer(cfg: DictConfig, key: str, n_layers: int, ok, allowed: str
 
 def _check_model(cfg: DictConfig) -> None:
     from backprop_lab.manual_backward import ACTIVATIONS, REDUCTIONS
-    from backprop_lab.network import BACKWARDS, INIT_SCHEMES, LOSSES
+    from backprop_lab.network import BACKWARDS, INIT_SCHEMES, LOSSES, MANUAL_IMPLS
 
     _choice(cfg, "model.backward", BACKWARDS)
+    _choice(cfg, "model.manual_impl", MANUAL_IMPLS)
     _choice(cfg, "model.loss", LOSSES)
     _choice(cfg, "model.init.scheme", INIT_SCHEMES)
     _choice(cfg, "model.reduction", REDUCTIONS)

@@ -35,6 +35,7 @@ class BackpropModule(L.LightningModule):
         backward: str = "manual",
         loss: str = "mse",
         reduction: str = "mean",
+        manual_impl: str = "readable",
         init: dict | None = None,
         optimizer: dict | None = None,
     ) -> None:
@@ -42,7 +43,8 @@ class BackpropModule(L.LightningModule):
         self.save_hyperparameters()
         self.net = MLP(n_inputs, hidden, n_outputs, activation=activation,
                        output_activation=output_activation, bias=bias, freeze_bias=freeze_bias,
-                       backward=backward, loss=loss, reduction=reduction)
+                       backward=backward, loss=loss, reduction=reduction,
+                       manual_impl=manual_impl)
         self.net.initialize(**(init or {}))
         self.optimizer_settings = dict(optimizer or {"name": "sgd", "lr": 0.1})
         self.classifies = n_outputs == 1
@@ -57,8 +59,7 @@ class BackpropModule(L.LightningModule):
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch
         start = time.perf_counter()
-        y_hat = self.net(x)
-        loss = self.net.loss(y_hat, y)
+        y_hat, loss = self.net.forward_and_loss(x, y)
         if stage == "train":
             if loss.is_cuda:
                 torch.cuda.synchronize(loss.device)
