@@ -353,3 +353,25 @@ def test_fused_refuses_targets_whose_shape_would_broadcast():
 def test_network_refuses_an_unknown_manual_impl():
     with pytest.raises(ValueError, match="manual_impl='fast' is not one of readable, fused"):
         MLP(manual_impl="fast")
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_fused_broadcast_layers_match_autograd_at_many_rows(bias):
+    """From BROADCAST_MIN_ROWS rows, layers of up to four inputs skip the matrix product."""
+    from backprop_lab.manual_backward import BROADCAST_MAX_FAN_IN, BROADCAST_MIN_ROWS
+
+    results = {}
+    for backward in ("manual", "autograd"):
+        net = MLP(n_inputs=BROADCAST_MAX_FAN_IN, hidden=[3, 1], n_outputs=2, bias=bias,
+                  activation="tanh", backward=backward, manual_impl="fused").double()
+        net.initialize(seed=4, scale=1.5)
+        g = torch.Generator().manual_seed(4)
+        x = torch.randn(BROADCAST_MIN_ROWS, BROADCAST_MAX_FAN_IN, generator=g,
+                        dtype=torch.float64)
+        y = torch.rand(BROADCAST_MIN_ROWS, 2, generator=g, dtype=torch.float64)
+        results[backward] = (net.forward_and_loss(x, y), net.gradients(x, y, backward))
+    ((fused_y_hat, fused_loss), fused), ((y_hat, loss), reference) = results.values()
+    assert torch.allclose(fused_y_hat, y_hat, rtol=0, atol=1e-14)
+    assert fused_loss.item() == pytest.approx(loss.item(), rel=1e-13)
+    for name, grad in fused.items():
+        assert torch.allclose(grad, reference[name], rtol=0, atol=1e-12), name

@@ -297,6 +297,29 @@ FUSED_ACTIVATIONS = {
 }
 
 
+# Below this many inputs per unit, and from this many rows, a layer is computed as a sum of
+# broadcast products rather than one matrix product: on the CPU a GEMM whose inner dimension is
+# 2 runs far below memory speed, and two multiply-adds over (B, n) take about half its time at
+# a million rows (backprop-bench). Small batches keep the single call, whose overhead is lower.
+BROADCAST_MAX_FAN_IN = 4
+BROADCAST_MIN_ROWS = 8192
+
+
+def _linear(a: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """z = a @ w.T + b, (B, n_out), in whichever form is faster for these shapes."""
+    fan_in = a.shape[1]
+    if fan_in > BROADCAST_MAX_FAN_IN or a.shape[0] < BROADCAST_MIN_ROWS:
+        return F.linear(a, w, b)  # one addmm
+    w_t = w.T  # (n_in, n_out): row j holds the weights from input j
+    if b is None:
+        z = a[:, :1] * w_t[0]  # (B, n_out)
+    else:
+        z = torch.addcmul(b, a[:, :1], w_t[0])
+    for j in range(1, fan_in):
+        z.addcmul_(a[:, j:j + 1], w_t[j])
+    return z
+
+
 def _fused_pass(x, y, activations, loss, reduction, needs, params):
     """Loss, y_hat and the unscaled gradients (see ``FusedMLPLossFunction``), in x's dtype.
 
@@ -307,10 +330,10 @@ def _fused_pass(x, y, activations, loss, reduction, needs, params):
     """
     weights, biases = params[0::2], params[1::2]
 
-    # Forward: z_l = a_{l-1} @ w_l.T + b_l in one addmm, then a_l = f_l(z_l) in place.
+    # Forward: z_l = a_{l-1} @ w_l.T + b_l, then a_l = f_l(z_l) in place.
     outputs = [x]  # a_0 .. a_L
     for w, b, name in zip(weights, biases, activations):
-        z = F.linear(outputs[-1], w, b)  # (B, n_l)
+        z = _linear(outputs[-1], w, b)  # (B, n_l)
         activate_ = FUSED_ACTIVATIONS[name][0]
         outputs.append(z if activate_ is None else activate_(z))
     y_hat = outputs[-1]  # (B, n_L)
@@ -355,7 +378,9 @@ def _fused_pass(x, y, activations, loss, reduction, needs, params):
             break
         if not (need_x or any(need_params[:2 * layer])):
             break  # nothing below this layer wants a gradient
-        delta = delta @ weights[layer]  # (B, n_{l-1})
+        w = weights[layer]
+        # With one unit, (B, 1) @ (1, n) is an outer product; broadcasting skips the GEMM.
+        delta = delta * w if w.shape[0] == 1 else delta @ w  # (B, n_{l-1})
         derivative_ = FUSED_ACTIVATIONS[activations[layer - 1]][1]
         if derivative_ is not None:
             delta = derivative_(delta, a_prev)
@@ -373,8 +398,9 @@ class FusedMLPLossFunction(torch.autograd.Function):
 
     The derivation of ``MLPFunction`` followed by the loss Functions, rearranged for speed:
     the loss is a scalar, so dL/dw is known as soon as the forward has run, and the backward
-    only multiplies it by ``grad_loss``. Each layer is one ``addmm``, the activations and the
-    deltas are applied in place on buffers this Function allocated, and only the gradients are
+    only multiplies it by ``grad_loss``. Each layer is one ``addmm`` (or, for two to four
+    inputs and many rows, a few broadcast multiply-adds), the activations and the deltas are
+    applied in place on buffers this Function allocated, and only the gradients are
     kept, so nothing of batch size outlives the call but ``y_hat``.
 
     Call as ``FusedMLPLossFunction.apply(x, y, activations, loss, reduction, want_grads,
