@@ -52,6 +52,8 @@ class BackpropModule(L.LightningModule):
         self.train_acc = BinaryAccuracy(validate_args=False)
         self.val_acc = BinaryAccuracy(validate_args=False)
         self.test_acc = BinaryAccuracy(validate_args=False)
+        self._epoch_loss: Tensor | None = None
+        self._epoch_rows = 0
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -60,13 +62,15 @@ class BackpropModule(L.LightningModule):
         x, y = batch
         start = time.perf_counter()
         y_hat, loss = self.net.forward_and_loss(x, y)
+        batch_size = x.shape[0]
         if stage == "train":
             if loss.is_cuda:
                 torch.cuda.synchronize(loss.device)
             # Read by the TrainingHistory callback: the network's share of the step.
             self.last_forward_seconds = time.perf_counter() - start
+            self._add_to_epoch(loss, y_hat, y, batch_size)
+            return loss
 
-        batch_size = x.shape[0]
         # sync_dist averages over DDP processes; on one process it costs nothing.
         self.log(f"{stage}/loss", loss.detach(), on_step=False, on_epoch=True,
                  batch_size=batch_size, sync_dist=True)
@@ -76,6 +80,35 @@ class BackpropModule(L.LightningModule):
             self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True,
                      batch_size=batch_size)
         return loss
+
+    def _add_to_epoch(self, loss: Tensor, y_hat: Tensor, y: Tensor, batch_size: int) -> None:
+        """Add a training step to the epoch's loss and accuracy, which are logged at its end.
+
+        Calling ``self.log`` on every step costs more than the whole step on XOR; summing here
+        as ``self.log`` would (loss times batch size) gives the same epoch means.
+        """
+        weighted = loss.detach() * batch_size
+        self._epoch_loss = weighted if self._epoch_loss is None else self._epoch_loss + weighted
+        self._epoch_rows += batch_size
+        if self.classifies:
+            self.train_acc.update(self.net.probability(y_hat.detach()), y)
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_loss, self._epoch_rows = None, 0
+
+    def on_train_epoch_end(self) -> None:
+        if not self._epoch_rows:
+            return
+        # Lightning calls this before EarlyStopping and ModelCheckpoint look at train/loss.
+        # batch_size=1: the value is already the epoch's mean, weighted by batch size. Under DDP,
+        # sync_dist then averages the processes' means, which hold equally many rows.
+        self.log("train/loss", self._epoch_loss / self._epoch_rows, on_step=False,
+                 on_epoch=True, batch_size=1, sync_dist=True)
+        if self.classifies:
+            # compute() combines every DDP process's counts itself.
+            self.log("train/acc", self.train_acc.compute(), on_step=False, on_epoch=True,
+                     batch_size=1)
+            self.train_acc.reset()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")
