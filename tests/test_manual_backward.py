@@ -357,7 +357,8 @@ def test_network_refuses_an_unknown_manual_impl():
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
 def test_fused_broadcast_layers_match_autograd_at_many_rows(bias):
-    """From BROADCAST_MIN_ROWS rows, layers of up to four inputs skip the matrix product."""
+    """From BROADCAST_MIN_ROWS rows, layers of up to four inputs and several units skip the
+    matrix product; the one-unit layer keeps it."""
     from backprop_lab.manual_backward import BROADCAST_MAX_FAN_IN, BROADCAST_MIN_ROWS
 
     results = {}

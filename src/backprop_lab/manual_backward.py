@@ -297,10 +297,12 @@ FUSED_ACTIVATIONS = {
 }
 
 
-# Below this many inputs per unit, and from this many rows, a layer is computed as a sum of
-# broadcast products rather than one matrix product: on the CPU a GEMM whose inner dimension is
-# 2 runs far below memory speed, and two multiply-adds over (B, n) take about half its time at
-# a million rows (backprop-bench). Small batches keep the single call, whose overhead is lower.
+# Below this many inputs per unit, and from this many rows, a layer of two or more units is
+# computed as a sum of broadcast products rather than one matrix product: on the CPU a GEMM of
+# shape (B, 2) @ (2, 2) runs far below memory speed, and two multiply-adds over (B, 2) took
+# about half its time at a million rows (backprop-bench). A layer of one unit stays a GEMM,
+# which is then a fast matrix-vector product; small batches keep the single call, whose
+# Python overhead is lower.
 BROADCAST_MAX_FAN_IN = 4
 BROADCAST_MIN_ROWS = 8192
 
@@ -308,7 +310,7 @@ BROADCAST_MIN_ROWS = 8192
 def _linear(a: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     """z = a @ w.T + b, (B, n_out), in whichever form is faster for these shapes."""
     fan_in = a.shape[1]
-    if fan_in > BROADCAST_MAX_FAN_IN or a.shape[0] < BROADCAST_MIN_ROWS:
+    if fan_in > BROADCAST_MAX_FAN_IN or a.shape[0] < BROADCAST_MIN_ROWS or w.shape[0] == 1:
         return F.linear(a, w, b)  # one addmm
     w_t = w.T  # (n_in, n_out): row j holds the weights from input j
     if b is None:
@@ -378,9 +380,7 @@ def _fused_pass(x, y, activations, loss, reduction, needs, params):
             break
         if not (need_x or any(need_params[:2 * layer])):
             break  # nothing below this layer wants a gradient
-        w = weights[layer]
-        # With one unit, (B, 1) @ (1, n) is an outer product; broadcasting skips the GEMM.
-        delta = delta * w if w.shape[0] == 1 else delta @ w  # (B, n_{l-1})
+        delta = delta @ weights[layer]  # (B, n_{l-1})
         derivative_ = FUSED_ACTIVATIONS[activations[layer - 1]][1]
         if derivative_ is not None:
             delta = derivative_(delta, a_prev)
@@ -398,8 +398,8 @@ class FusedMLPLossFunction(torch.autograd.Function):
 
     The derivation of ``MLPFunction`` followed by the loss Functions, rearranged for speed:
     the loss is a scalar, so dL/dw is known as soon as the forward has run, and the backward
-    only multiplies it by ``grad_loss``. Each layer is one ``addmm`` (or, for two to four
-    inputs and many rows, a few broadcast multiply-adds), the activations and the deltas are
+    only multiplies it by ``grad_loss``. Each layer is one ``addmm`` (or, for up to four
+    inputs, several units and many rows, a few broadcast multiply-adds), the activations and the deltas are
     applied in place on buffers this Function allocated, and only the gradients are
     kept, so nothing of batch size outlives the call but ``y_hat``.
 
