@@ -267,7 +267,8 @@ def measure_loops(steps: int, min_run_time: float, rounds: int = 1) -> list[Loop
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\).*")
     _route_lightning_logs()
-    logging.getLogger("lightning").setLevel(logging.WARNING)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     best: dict[str, LoopFigures] = {}
     for _ in range(rounds):
         for mode in MODES:
