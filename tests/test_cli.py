@@ -138,3 +138,34 @@ def test_help_and_cfg_job_import_no_heavy_library(args):
     assert out.stdout.strip().splitlines()[-1] == "imported: []"
     expected = "backprop-train: train a small sigmoid network" if args == ["--help"] else "seed: 0"
     assert expected in out.stdout
+
+
+HYDRAS_OWN_HELP = """
+import sys
+from backprop_lab.train import hydra_main
+sys.argv = ["backprop-train", *sys.argv[1:]]
+hydra_main()
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["experiment=xor", "model.hidden=[4,4]", "-h"],
+                                  ["optimizer=adam", "hydra.help.app_name=other", "--help"]],
+                         ids=["plain", "overrides", "hydra_override"])
+def test_fast_help_prints_exactly_what_hydras_help_prints(args):
+    from backprop_lab.fast_help import fast_help
+
+    hydra = subprocess.run([sys.executable, "-c", HYDRAS_OWN_HELP, *args], capture_output=True,
+                           text=True, timeout=120)
+    assert hydra.returncode == 0, hydra.stderr[-2000:]
+    ours = fast_help(args, CONFIG_MODULE, CONFIG_NAME)
+    assert ours + "\n" == hydra.stdout
+    assert "data: blobs, breast_cancer, circles, csv, moons, spiral, xor\n" in ours
+
+
+@pytest.mark.parametrize("args", [["--hydra-help"], ["--help", "--resolve"],
+                                  ["-m", "seed=0,1", "--help"], ["model.backward=autograd"],
+                                  ["hydra.help.template=$HYDRA_CONFIG_GROUPS", "--help"]])
+def test_fast_help_leaves_every_other_form_to_hydra(args):
+    from backprop_lab.fast_help import fast_help
+
+    assert fast_help(args, CONFIG_MODULE, CONFIG_NAME) is None
