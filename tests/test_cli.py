@@ -76,6 +76,8 @@ def test_module_entry_point_rejects_a_bad_value_in_one_line(tmp_path):
         (["model.activation=[tanh,relu]"], "give one value or 1, one per layer"),
         (["model.loss=bce"], "model.loss=bce takes the output as logits"),
         (["model.reduction=max"], "model.reduction='max' is not allowed; choose one of: mean"),
+        (["model.manual_impl=fast"],
+         "model.manual_impl='fast' is not allowed; choose one of: readable, fused"),
         (["model.freeze_bias=sometimes"], "model.freeze_bias='sometimes' is not allowed"),
         (["+model.foo=1"], "unexpected keyword argument 'foo'"),
         (["-m", "model.init.seed=0,abc"], "model.init.seed='abc' is not allowed"),
@@ -171,3 +173,57 @@ def test_good_overrides_and_sweeps_pass_the_preflight(capsys):
                  ["--help"]):
         preflight(args, CONFIG_MODULE, CONFIG_NAME, validate, prog="backprop-train")
     assert capsys.readouterr().err == ""
+
+
+# What the command line must not import before training starts: each costs a second or more.
+HEAVY_MODULES = ("torch", "lightning", "matplotlib", "mlflow", "optuna", "sklearn")
+SHOW_IMPORTED_AFTER_MAIN = f"""
+import sys
+from backprop_lab.train import main
+sys.argv = ["backprop-train", *sys.argv[1:]]
+try:
+    main()
+finally:
+    print("imported:", [m for m in {HEAVY_MODULES!r} if m in sys.modules])
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--cfg", "job"]], ids=["help", "cfg_job"])
+def test_help_and_cfg_job_import_no_heavy_library(args):
+    out = subprocess.run([sys.executable, "-c", SHOW_IMPORTED_AFTER_MAIN, *args],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "imported: []"
+    expected = "backprop-train: train a small sigmoid network" if args == ["--help"] else "seed: 0"
+    assert expected in out.stdout
+
+
+HYDRAS_OWN_HELP = """
+import sys
+from backprop_lab.train import hydra_main
+sys.argv = ["backprop-train", *sys.argv[1:]]
+hydra_main()
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["experiment=xor", "model.hidden=[4,4]", "-h"],
+                                  ["optimizer=adam", "hydra.help.app_name=other", "--help"]],
+                         ids=["plain", "overrides", "hydra_override"])
+def test_fast_help_prints_exactly_what_hydras_help_prints(args):
+    from backprop_lab.fast_help import fast_help
+
+    hydra = subprocess.run([sys.executable, "-c", HYDRAS_OWN_HELP, *args], capture_output=True,
+                           text=True, timeout=120)
+    assert hydra.returncode == 0, hydra.stderr[-2000:]
+    ours = fast_help(args, CONFIG_MODULE, CONFIG_NAME)
+    assert ours + "\n" == hydra.stdout
+    assert "data: blobs, breast_cancer, circles, csv, moons, spiral, xor\n" in ours
+
+
+@pytest.mark.parametrize("args", [["--hydra-help"], ["--help", "--resolve"],
+                                  ["-m", "seed=0,1", "--help"], ["model.backward=autograd"],
+                                  ["hydra.help.template=$HYDRA_CONFIG_GROUPS", "--help"]])
+def test_fast_help_leaves_every_other_form_to_hydra(args):
+    from backprop_lab.fast_help import fast_help
+
+    assert fast_help(args, CONFIG_MODULE, CONFIG_NAME) is None

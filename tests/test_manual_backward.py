@@ -4,7 +4,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from backprop_lab.manual_backward import bce_with_logits, mlp, sigmoid_mlp, squared_error
+from backprop_lab.manual_backward import (
+    bce_with_logits,
+    fused_mlp_loss,
+    mlp,
+    sigmoid_mlp,
+    squared_error,
+)
 from backprop_lab.network import MLP
 
 
@@ -225,3 +231,148 @@ def test_bce_on_extreme_logits_stays_finite_and_matches_autograd():
     (expected,) = torch.autograd.grad(reference, z)
     assert torch.isfinite(manual) and manual.item() == pytest.approx(reference.item(), rel=1e-15)
     assert torch.allclose(grad, expected, rtol=0, atol=1e-15)
+
+
+# The fused path: network and loss in one Function, over the same grid as the readable one.
+def fused_loss_of(net, y):
+    """The fused loss as a function of (x, w_1, b_1, ...), for gradcheck."""
+
+    def loss_of(x, *params):
+        return fused_mlp_loss(x, y, net.activations, net.loss_name, net.reduction, *params)[0]
+
+    return loss_of
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("loss", GRID_LOSSES)
+@pytest.mark.parametrize("activation", GRID_ACTIVATIONS)
+@pytest.mark.parametrize("hidden", GRID_WIDTHS, ids=["h3", "h4x4"])
+def test_fused_backward_passes_gradcheck_over_the_grid(hidden, activation, loss, reduction):
+    net = grid_network(hidden, activation, loss, reduction, "manual")
+    x, y = grid_data(loss, net.layers[-1].out_features)
+    params = [t.detach().clone().requires_grad_(True)
+              for layer in net.layers for t in (layer.weight, layer.bias)]
+    x.requires_grad_(True)
+    assert torch.autograd.gradcheck(fused_loss_of(net, y), (x, *params), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("loss", GRID_LOSSES)
+@pytest.mark.parametrize("hidden, activation", SHAPES, ids=lambda v: str(v).replace(" ", ""))
+def test_fused_grad_and_loss_match_autograd_over_the_grid_float64(hidden, activation, loss,
+                                                                   reduction):
+    results = {}
+    for backward, impl in (("manual", "fused"), ("autograd", "readable")):
+        net = grid_network(hidden, "tanh" if isinstance(activation, list) else activation,
+                           loss, reduction, backward)
+        net.manual_impl = impl
+        if isinstance(activation, list):
+            net.activations = (*activation, net.activations[-1])
+        x, y = grid_data(loss, net.layers[-1].out_features, seed=1)
+        y_hat, value = net.forward_and_loss(x, y)
+        results[backward] = (y_hat, value, net.gradients(x, y, backward))
+    (fused_y_hat, fused_value, fused), (y_hat, value, reference) = results.values()
+    assert torch.equal(fused_y_hat, y_hat)
+    assert fused_value.item() == pytest.approx(value.item(), rel=1e-14)
+    assert fused.keys() == reference.keys()
+    for name, grad in fused.items():
+        assert grad.abs().max() > 0, name
+        assert torch.allclose(grad, reference[name], rtol=0, atol=1e-12), name
+
+
+def test_fused_gives_frozen_and_absent_biases_no_gradient_and_the_rest_match_autograd():
+    grads = {}
+    for backward in ("manual", "autograd"):
+        net = grid_network([4, 4], "tanh", "mse", "sum", backward,
+                           bias=[True, False, True], freeze_bias=[False, False, True])
+        net.manual_impl = "fused"
+        x, y = grid_data("mse", 2, seed=2)
+        grads[backward] = net.gradients(x, y, backward)
+    assert sorted(grads["manual"]) == ["b_hidden1", "w_hidden1", "w_hidden2", "w_out"]
+    for name, grad in grads["manual"].items():
+        assert torch.allclose(grad, grads["autograd"][name], rtol=0, atol=1e-12), name
+
+
+def test_fused_computes_only_the_gradients_asked_for():
+    x, y, p = random_problem(4, bias=True, seed=6)
+    x.requires_grad_(False)
+    p["b_hidden"].requires_grad_(False)
+    p["w_out"].requires_grad_(False)
+    params = (p["w_hidden"], p["b_hidden"], p["w_out"], p["b_out"])
+    loss, _ = fused_mlp_loss(x, y, ("sigmoid", "sigmoid"), "mse", "mean", *params)
+    loss.backward()
+    assert x.grad is None and p["b_hidden"].grad is None and p["w_out"].grad is None
+    reference = torch.autograd.grad(autograd_loss(x, y, p, half=False),
+                                    [p["w_hidden"], p["b_out"]])
+    assert torch.allclose(p["w_hidden"].grad, reference[0], rtol=0, atol=1e-15)
+    assert torch.allclose(p["b_out"].grad, reference[1], rtol=0, atol=1e-15)
+
+
+def test_fused_scales_its_gradients_by_the_incoming_gradient():
+    x, y, p = random_problem(8, bias=True, seed=7)
+    params = list(p.values())
+    loss, _ = fused_mlp_loss(x, y, ("sigmoid", "sigmoid"), "half_mse", "sum", *params)
+    once = torch.autograd.grad(loss, params, retain_graph=True)
+    thrice = torch.autograd.grad(3 * loss, params)
+    for a, b in zip(once, thrice):
+        assert torch.allclose(3 * a, b, rtol=1e-15, atol=0)
+
+
+def test_fused_without_grad_mode_keeps_no_gradients_and_gives_the_same_loss():
+    x, y, p = random_problem(16, bias=True, seed=8)
+    params = list(p.values())
+    with_grads, y_hat = fused_mlp_loss(x, y, ("sigmoid", "sigmoid"), "mse", "mean", *params)
+    with torch.no_grad():
+        without, y_hat_no_grad = fused_mlp_loss(x, y, ("sigmoid", "sigmoid"), "mse", "mean",
+                                                *params)
+    assert not without.requires_grad and not y_hat.requires_grad
+    assert torch.equal(without, with_grads.detach()) and torch.equal(y_hat_no_grad, y_hat)
+
+
+@pytest.mark.parametrize("half", [False, True], ids=["mse", "half_mse"])
+def test_fused_grad_matches_autograd_float32(half):
+    x, y, p = random_problem(64, bias=True, dtype=torch.float32, seed=12)
+    x.requires_grad_(False)
+    params = list(p.values())
+    loss, _ = fused_mlp_loss(x, y, ("sigmoid", "sigmoid"), "half_mse" if half else "mse",
+                             "mean", *params)
+    fused = torch.autograd.grad(loss, params)
+    reference = torch.autograd.grad(autograd_loss(x, y, p, half), params)
+    for f, r in zip(fused, reference):
+        assert f.dtype == torch.float32
+        assert torch.allclose(f, r, rtol=1e-5, atol=0), ((f - r).abs() / r.abs()).max()
+
+
+def test_fused_refuses_targets_whose_shape_would_broadcast():
+    x, _, p = random_problem(4, bias=True)
+    with pytest.raises(ValueError, match=r"y_hat has shape \(4, 1\) but y has \(4,\)"):
+        fused_mlp_loss(x, torch.zeros(4, dtype=x.dtype), ("sigmoid", "sigmoid"), "mse", "mean",
+                       *p.values())
+
+
+def test_network_refuses_an_unknown_manual_impl():
+    with pytest.raises(ValueError, match="manual_impl='fast' is not one of readable, fused"):
+        MLP(manual_impl="fast")
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_fused_broadcast_layers_match_autograd_at_many_rows(bias):
+    """From BROADCAST_MIN_ROWS rows, layers of up to four inputs and several units skip the
+    matrix product; the one-unit layer keeps it."""
+    from backprop_lab.manual_backward import BROADCAST_MAX_FAN_IN, BROADCAST_MIN_ROWS
+
+    results = {}
+    for backward in ("manual", "autograd"):
+        net = MLP(n_inputs=BROADCAST_MAX_FAN_IN, hidden=[3, 1], n_outputs=2, bias=bias,
+                  activation="tanh", backward=backward, manual_impl="fused").double()
+        net.initialize(seed=4, scale=1.5)
+        g = torch.Generator().manual_seed(4)
+        x = torch.randn(BROADCAST_MIN_ROWS, BROADCAST_MAX_FAN_IN, generator=g,
+                        dtype=torch.float64)
+        y = torch.rand(BROADCAST_MIN_ROWS, 2, generator=g, dtype=torch.float64)
+        results[backward] = (net.forward_and_loss(x, y), net.gradients(x, y, backward))
+    ((fused_y_hat, fused_loss), fused), ((y_hat, loss), reference) = results.values()
+    assert torch.allclose(fused_y_hat, y_hat, rtol=0, atol=1e-14)
+    assert fused_loss.item() == pytest.approx(loss.item(), rel=1e-13)
+    for name, grad in fused.items():
+        assert torch.allclose(grad, reference[name], rtol=0, atol=1e-12), name

@@ -125,3 +125,37 @@ def test_manual_backward_ignores_autocast_around_the_backward_call():
     for i, o in zip(inside, outside):
         assert i.dtype == torch.float32
         assert torch.equal(i, o)
+
+
+@pytest.mark.parametrize("precision", ["32-true", "64-true", "bf16-mixed"])
+def test_fused_manual_backward_keeps_dtypes_at_each_precision(make_cfg, precision):
+    metrics = train(make_cfg(
+        f"trainer.precision={precision}", "model.manual_impl=fused", "trainer.max_epochs=3",
+        f"+callbacks.record_dtypes._target_={__name__}.RecordDtypes",
+    ))
+    assert metrics["status"] == "completed" and metrics["steps"] == 3
+    assert metrics["recorded_dtypes"]["loss"] == [LOSS_DTYPE[precision]]
+    dtype = PARAM_DTYPE[precision]
+    assert metrics["recorded_dtypes"]["params"] == {
+        name: [f"{dtype} {dtype}"]
+        for name in ("layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias")
+    }
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fused_backward_under_bf16_autocast_matches_autograd(seed):
+    net, x, y = xor_network(seed)
+    results = {}
+    for backward, impl in (("manual", "fused"), ("autograd", "readable")):
+        net.manual_impl = impl
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y_hat, loss = net.forward_and_loss(x, y, backward)
+        results[backward] = (y_hat, loss, torch.autograd.grad(loss, list(net.parameters())))
+    (fused_y_hat, fused_loss, fused), (y_hat, loss, reference) = results.values()
+    assert fused_y_hat.dtype == y_hat.dtype == torch.bfloat16
+    assert fused_loss.dtype == loss.dtype == torch.float32
+    # The same bound as the readable path's test above, for the same reasons.
+    for f, a in zip(fused, reference):
+        assert f.dtype == a.dtype == torch.float32
+        gap = (f - a).abs().max() / a.abs().max()
+        assert gap <= 8 * BF16_EPS, f"{gap / BF16_EPS:.2f} eps"

@@ -155,3 +155,26 @@ def test_breast_cancer_experiment_classifies_the_held_out_rows(make_cfg):
     # 114 test rows never seen in training; measured 0.965 from seed 0.
     assert metrics["test_acc"] > 0.9
     assert metrics["val_acc"] > 0.9
+
+
+def test_fused_manual_backward_trains_xor_along_the_readable_trajectory(make_cfg, tmp_path):
+    """Same seed, same steps: the fused and readable runs' losses agree at every step."""
+    runs = {impl: train(make_cfg("trainer.max_epochs=200", "target_loss=null",
+                                 "callbacks.parity.every_n_steps=20",
+                                 f"model.manual_impl={impl}", run=impl))
+            for impl in ("readable", "fused")}
+    fused = runs["fused"]
+    assert fused["status"] == "completed" and fused["steps"] == 200
+    assert fused["parity"]["checks"] == 10 and fused["parity"]["failure"] is None
+    assert max(fused["parity"]["max_rel"].values()) < 1e-4
+
+    def losses(impl):
+        lines = (tmp_path / impl / "history.csv").read_text().splitlines()[1:]
+        return [float(line.split(",")[2]) for line in lines]
+
+    readable_losses, fused_losses = losses("readable"), losses("fused")
+    assert len(fused_losses) == 200 and fused_losses[-1] < fused_losses[0]
+    assert fused_losses == pytest.approx(readable_losses, abs=1e-6)
+    for stage in ("train", "val", "test"):
+        assert fused[f"{stage}_loss"] == pytest.approx(runs["readable"][f"{stage}_loss"],
+                                                       abs=1e-6)

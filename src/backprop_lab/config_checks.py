@@ -2,6 +2,8 @@
 
 These read values only; ``backprop_lab.run.validate`` adds the checks that need the objects
 built (explicit weights, optimizer settings that torch refuses, data against model widths).
+The lists of allowed names live next to the code that uses them and import torch, so they are
+imported only when a check runs: ``backprop-train --help`` and ``--cfg job`` never need them.
 """
 
 import math
@@ -10,10 +12,6 @@ from numbers import Integral, Real
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-
-from backprop_lab.manual_backward import ACTIVATIONS, REDUCTIONS
-from backprop_lab.network import BACKWARDS, INIT_SCHEMES, LOSSES
-from backprop_lab.optimizers import check_optimizer_settings
 
 # Seeds go to numpy as well as torch, and numpy takes 32-bit seeds only.
 MAX_SEED = 2**32 - 1
@@ -88,7 +86,11 @@ def _one_or_per_layer(cfg: DictConfig, key: str, n_layers: int, ok, allowed: str
 
 
 def _check_model(cfg: DictConfig) -> None:
+    from backprop_lab.manual_backward import ACTIVATIONS, REDUCTIONS
+    from backprop_lab.network import BACKWARDS, INIT_SCHEMES, LOSSES, MANUAL_IMPLS
+
     _choice(cfg, "model.backward", BACKWARDS)
+    _choice(cfg, "model.manual_impl", MANUAL_IMPLS)
     _choice(cfg, "model.loss", LOSSES)
     _choice(cfg, "model.init.scheme", INIT_SCHEMES)
     _choice(cfg, "model.reduction", REDUCTIONS)
@@ -137,6 +139,8 @@ def _check_population(cfg: DictConfig) -> None:
 
 
 def _check_optimizer(cfg: DictConfig) -> None:
+    from backprop_lab.optimizers import check_optimizer_settings
+
     settings = OmegaConf.to_container(cfg.optimizer, resolve=True)
     name = settings.pop("name", None)
     try:

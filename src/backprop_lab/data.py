@@ -46,9 +46,33 @@ def input_state(datamodule, feature_names: list[str], target_names: list[str], m
             "data_config": getattr(datamodule, "data_config", None)}
 
 
-def _full_batch_loader(dataset: TensorDataset, trainer) -> DataLoader:
-    # Full batch means every row per step; under DDP each process takes its share.
+class FullBatch:
+    """An iterable that yields its tensors as one batch per pass: a DataLoader's job, done once.
+
+    A DataLoader would fetch and stack the rows one by one on every step, which on XOR costs
+    about as much as the training step itself. (A plain list would not do: Lightning reads a
+    list as several data loaders.)
+    """
+
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        self.tensors = tensors
+
+    def __iter__(self):
+        yield self.tensors
+
+    def __len__(self) -> int:
+        return 1
+
+
+def _full_batch_loader(dataset: TensorDataset, trainer) -> DataLoader | FullBatch:
+    """Every row in one batch per step; under DDP each process takes its share.
+
+    On one process that is the dataset's own tensors (``FullBatch``). Under DDP it is a
+    DataLoader, for the DistributedSampler that Lightning gives it.
+    """
     world_size = trainer.world_size if trainer is not None else 1
+    if world_size == 1:
+        return FullBatch(*dataset.tensors)
     return DataLoader(dataset, batch_size=math.ceil(len(dataset) / world_size), shuffle=False)
 
 
@@ -94,18 +118,18 @@ class RowsDataModule(L.LightningDataModule):
         """The rows as float32 arrays, (N, n_features) and (N, n_targets)."""
         return tuple(t.numpy().astype(np.float32) for t in self.dataset.tensors)
 
-    def _loader(self) -> DataLoader:
+    def _loader(self) -> DataLoader | FullBatch:
         if self.batch_size is None:
             return _full_batch_loader(self.dataset, self.trainer)
         return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | FullBatch:
         return self._loader()
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | FullBatch:
         return self._loader()
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | FullBatch:
         return self._loader()
 
 
@@ -218,7 +242,7 @@ class TableDataModule(L.LightningDataModule):
         """The training split as the model sees it: float32 (N, n_features) and (N, n_targets)."""
         return tuple(t.numpy().copy() for t in self.train_set.tensors)
 
-    def _loader(self, dataset: TensorDataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: TensorDataset, shuffle: bool) -> DataLoader | FullBatch:
         if self.batch_size is None:
             return _full_batch_loader(dataset, self.trainer)
         world_size = self.trainer.world_size if self.trainer is not None else 1
@@ -233,13 +257,13 @@ class TableDataModule(L.LightningDataModule):
         # seed and the epoch in the same way.
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | FullBatch:
         return self._loader(self.train_set, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | FullBatch:
         return self._loader(self.val_set, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | FullBatch:
         return self._loader(self.test_set, shuffle=False)
 
 

@@ -30,6 +30,7 @@ from contextlib import nullcontext
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 # Each activation f with its derivative written in terms of its output a = f(z), which is all
 # the backward keeps: sigmoid' = a (1 - a), tanh' = 1 - a^2, relu' = [a > 0], identity' = 1.
@@ -285,3 +286,192 @@ def squared_error(y_hat: Tensor, y: Tensor, half: bool = False, reduction: str =
 def bce_with_logits(z: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
     """Scalar binary cross-entropy on logits (see ``BCEWithLogitsFunction``), by hand."""
     return BCEWithLogitsFunction.apply(z, y, reduction)
+
+
+# The fused path below works on buffers it allocated itself, so it can apply each activation
+# in place, and fold each derivative into the incoming delta in place as well: given
+# delta = dL/da and the output a = f(z), these return dL/dz = delta * f'(z), reusing delta.
+def _sigmoid_delta_(delta: Tensor, a: Tensor) -> Tensor:
+    delta.mul_(a)  # delta a
+    return delta.addcmul_(delta, a, value=-1)  # delta a - delta a a = delta a (1 - a)
+
+
+def _tanh_delta_(delta: Tensor, a: Tensor) -> Tensor:
+    return delta.addcmul_(delta, a * a, value=-1)  # delta (1 - a^2)
+
+
+def _relu_delta_(delta: Tensor, a: Tensor) -> Tensor:
+    return delta.masked_fill_(a <= 0, 0)  # a = relu(z) is 0 exactly where z <= 0
+
+
+FUSED_ACTIVATIONS = {
+    "sigmoid": (torch.sigmoid_, _sigmoid_delta_),
+    "tanh": (torch.tanh_, _tanh_delta_),
+    "relu": (torch.relu_, _relu_delta_),
+    "identity": (None, None),
+}
+
+
+# Below this many inputs per unit, and from this many rows, a layer of two or more units is
+# computed as a sum of broadcast products rather than one matrix product: on the CPU a GEMM of
+# shape (B, 2) @ (2, 2) runs far below memory speed, and two multiply-adds over (B, 2) took
+# about half its time at a million rows (backprop-bench). A layer of one unit stays a GEMM,
+# which is then a fast matrix-vector product; small batches keep the single call, whose
+# Python overhead is lower.
+BROADCAST_MAX_FAN_IN = 4
+BROADCAST_MIN_ROWS = 8192
+
+
+def _linear(a: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """z = a @ w.T + b, (B, n_out), in whichever form is faster for these shapes."""
+    fan_in = a.shape[1]
+    if fan_in > BROADCAST_MAX_FAN_IN or a.shape[0] < BROADCAST_MIN_ROWS or w.shape[0] == 1:
+        return F.linear(a, w, b)  # one addmm
+    w_t = w.T  # (n_in, n_out): row j holds the weights from input j
+    if b is None:
+        z = a[:, :1] * w_t[0]  # (B, n_out)
+    else:
+        z = torch.addcmul(b, a[:, :1], w_t[0])
+    for j in range(1, fan_in):
+        z.addcmul_(a[:, j:j + 1], w_t[j])
+    return z
+
+
+def _fused_pass(x, y, activations, loss, reduction, needs, params):
+    """Loss, y_hat and the unscaled gradients (see ``FusedMLPLossFunction``), in x's dtype.
+
+    ``needs`` holds one flag per tensor of (x, w_1, b_1, ...), or is None for no gradients.
+    The gradients are those of the loss divided by ``_loss_factor``: the factor 2 of the
+    square and the 1/N of the mean are applied by the backward to the few small results
+    rather than here to every row.
+    """
+    weights, biases = params[0::2], params[1::2]
+
+    # Forward: z_l = a_{l-1} @ w_l.T + b_l, then a_l = f_l(z_l) in place.
+    outputs = [x]  # a_0 .. a_L
+    for w, b, name in zip(weights, biases, activations):
+        z = _linear(outputs[-1], w, b)  # (B, n_l)
+        activate_ = FUSED_ACTIVATIONS[name][0]
+        outputs.append(z if activate_ is None else activate_(z))
+    y_hat = outputs[-1]  # (B, n_L)
+
+    # The loss in float32 under autocast, as the loss Functions compute it.
+    y_hat_loss, y = _loss_inputs_float32(y_hat, y)
+    if loss == "bce":
+        z = y_hat_loss
+        elements = z.clamp(min=0) - z * y + torch.log1p(torch.exp(-z.abs()))
+        value = _reduce(elements, reduction)
+        # dL/dz = sigmoid(z) - y per element: the sigmoid's derivative cancels the log's.
+        delta = torch.sigmoid(z).sub_(y) if needs is not None else None
+    else:
+        error = y_hat_loss - y  # (B, n_L)
+        flat = error.view(-1)
+        scale = 0.5 if loss == "half_mse" else 1.0
+        if reduction == "mean":
+            scale /= error.numel()
+        value = torch.dot(flat, flat) * scale
+        delta = error  # dL/dy_hat is 2 scale (y_hat - y)
+    if needs is None:
+        return value, y_hat, None
+
+    # Backward, done now: the output delta, then down through the layers.
+    if delta.dtype != y_hat.dtype:
+        delta = delta.to(y_hat.dtype)
+    derivative_ = FUSED_ACTIVATIONS[activations[-1]][1]
+    if derivative_ is not None:
+        delta = derivative_(delta, y_hat)  # (B, n_L)
+    need_x, need_params = needs[0], needs[1:]
+    n_layers = len(activations)
+    grads: list[Tensor | None] = [None] * (1 + 2 * n_layers)  # x, w_1, b_1, ...
+    for layer in reversed(range(n_layers)):
+        a_prev = outputs[layer]  # (B, n_{l-1})
+        if need_params[2 * layer]:
+            grads[1 + 2 * layer] = delta.T @ a_prev  # (n_l, n_{l-1})
+        if need_params[2 * layer + 1]:
+            grads[2 + 2 * layer] = delta.sum(dim=0)  # (n_l,)
+        if layer == 0:
+            if need_x:
+                grads[0] = delta @ weights[0]  # (B, n_0)
+            break
+        if not (need_x or any(need_params[:2 * layer])):
+            break  # nothing below this layer wants a gradient
+        delta = delta @ weights[layer]  # (B, n_{l-1})
+        derivative_ = FUSED_ACTIVATIONS[activations[layer - 1]][1]
+        if derivative_ is not None:
+            delta = derivative_(delta, a_prev)
+    return value, y_hat, grads
+
+
+def _loss_factor(loss: str, reduction: str, n_elements: int) -> float:
+    """dL/dy_hat over the error term ``_fused_pass`` keeps: 2 for mse, 1/N under "mean"."""
+    factor = 2.0 if loss == "mse" else 1.0
+    return factor / n_elements if reduction == "mean" else factor
+
+
+class FusedMLPLossFunction(torch.autograd.Function):
+    """Network and loss in one Function whose forward also derives every gradient.
+
+    The derivation of ``MLPFunction`` followed by the loss Functions, rearranged for speed:
+    the loss is a scalar, so dL/dw is known as soon as the forward has run, and the backward
+    only multiplies it by ``grad_loss``. Each layer is one ``addmm`` (or, for up to four
+    inputs, several units and many rows, a few broadcast multiply-adds), the activations and the deltas are
+    applied in place on buffers this Function allocated, and only the gradients are
+    kept, so nothing of batch size outlives the call but ``y_hat``.
+
+    Call as ``FusedMLPLossFunction.apply(x, y, activations, loss, reduction, want_grads,
+    w_1, b_1, ..., w_L, b_L)``: the arguments of ``MLPFunction`` plus ``y`` (B, n_L),
+    ``loss`` ("mse", "half_mse", or "bce" on logits) and ``reduction`` ("mean" or "sum").
+    ``want_grads`` False skips the gradients (pass ``torch.is_grad_enabled()``). Returns
+    ``(loss, y_hat)``; ``y_hat`` is not differentiable. Autocast is followed as in
+    ``MLPFunction`` and the loss Functions.
+    """
+
+    @staticmethod
+    def forward(ctx, x, y, activations, loss, reduction, want_grads, *params):
+        if y.shape != (x.shape[0], params[-2].shape[0]):
+            # Broadcasting (B, 1) against (B,) would silently average a (B, B) table.
+            raise ValueError(f"y_hat has shape {(x.shape[0], params[-2].shape[0])} but y has "
+                             f"{tuple(y.shape)}")
+        input_dtypes = [None if t is None else t.dtype for t in (x, *params)]
+        # needs_input_grad is (x, y, activations, loss, reduction, want_grads, *params).
+        needs = None
+        if want_grads:
+            needs = (ctx.needs_input_grad[0], *ctx.needs_input_grad[6:])
+
+        dtype = _autocast_dtype(x)
+        if dtype is None:
+            value, y_hat, grads = _fused_pass(x, y, activations, loss, reduction, needs, params)
+        else:
+            # As MLPFunction: every layer in the autocast dtype, the loss in float32.
+            x = _cast_as_autocast(x, dtype)
+            params = tuple(_cast_as_autocast(p, dtype) for p in params)
+            with torch.autocast(x.device.type, enabled=False):
+                value, y_hat, grads = _fused_pass(x, y, activations, loss, reduction, needs,
+                                                  params)
+
+        ctx.mark_non_differentiable(y_hat)
+        ctx.factor = _loss_factor(loss, reduction, y_hat.numel())
+        ctx.has_grad = None
+        if grads is not None:
+            grads = [g if g is None or g.dtype == d else g.to(d)
+                     for g, d in zip(grads, input_dtypes)]
+            ctx.has_grad = [g is not None for g in grads]
+            ctx.save_for_backward(*(g for g in grads if g is not None))
+        return value, y_hat
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_y_hat):
+        if ctx.has_grad is None:
+            raise RuntimeError("FusedMLPLossFunction ran with want_grads=False, so it kept no "
+                               "gradients; call it with grad mode on to differentiate it")
+        scale = grad_loss * ctx.factor
+        saved = iter(ctx.saved_tensors)
+        grads = [next(saved) * scale if has else None for has in ctx.has_grad]
+        return grads[0], None, None, None, None, None, *grads[1:]
+
+
+def fused_mlp_loss(x: Tensor, y: Tensor, activations: tuple[str, ...], loss: str,
+                   reduction: str, *params: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``(loss, y_hat)`` by ``FusedMLPLossFunction``; gradients only when grad mode is on."""
+    return FusedMLPLossFunction.apply(x, y, tuple(activations), loss, reduction,
+                                      torch.is_grad_enabled(), *params)

@@ -41,6 +41,7 @@ class BackpropModule(L.LightningModule):
         backward: str = "manual",
         loss: str = "mse",
         reduction: str = "mean",
+        manual_impl: str = "readable",
         init: dict | None = None,
         optimizer: dict | None = None,
         population: int = 1,
@@ -50,7 +51,7 @@ class BackpropModule(L.LightningModule):
         self.net = MLP(n_inputs, hidden, n_outputs, activation=activation,
                        output_activation=output_activation, bias=bias, freeze_bias=freeze_bias,
                        backward=backward, loss=loss, reduction=reduction,
-                       population=population)
+                       manual_impl=manual_impl, population=population)
         self.net.initialize(**(init or {}))
         self.optimizer_settings = dict(optimizer or {"name": "sgd", "lr": 0.1})
         self.classifies = n_outputs == 1
@@ -58,6 +59,10 @@ class BackpropModule(L.LightningModule):
         self.train_acc = BinaryAccuracy(validate_args=False)
         self.val_acc = BinaryAccuracy(validate_args=False)
         self.test_acc = BinaryAccuracy(validate_args=False)
+        self._epoch_loss: Tensor | None = None
+        self._epoch_rows = 0
+        self.member_loss_sum: Tensor | float = 0.0
+        self.member_acc_sum: Tensor | float = 0.0
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -70,18 +75,24 @@ class BackpropModule(L.LightningModule):
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch
         start = time.perf_counter()
-        y_hat = self.net(x)
-        loss = self.net.loss(y_hat, y)
+        y_hat, loss = self.net.forward_and_loss(x, y)
+        batch_size = x.shape[0]
         if stage == "train":
             if loss.is_cuda:
                 torch.cuda.synchronize(loss.device)
             # Read by the TrainingHistory callback: the network's share of the step.
             self.last_forward_seconds = time.perf_counter() - start
+            self._add_to_epoch(loss, y_hat, y, batch_size)
+            return loss
         if self.net.population > 1:
-            self._log_population(x, y, y_hat, stage)
+            losses, accuracy = self._member_figures(y_hat, y)
+            self.log(f"{stage}/loss", losses.mean(), on_step=False, on_epoch=True,
+                     batch_size=batch_size, sync_dist=True)
+            if accuracy is not None:
+                self.log(f"{stage}/acc", accuracy.mean(), on_step=False, on_epoch=True,
+                         batch_size=batch_size, sync_dist=True)
             return loss
 
-        batch_size = x.shape[0]
         # sync_dist averages over DDP processes; on one process it costs nothing.
         self.log(f"{stage}/loss", loss.detach(), on_step=False, on_epoch=True,
                  batch_size=batch_size, sync_dist=True)
@@ -92,30 +103,65 @@ class BackpropModule(L.LightningModule):
                      batch_size=batch_size)
         return loss
 
-    def _log_population(self, x: Tensor, y: Tensor, y_hat: Tensor, stage: str) -> None:
-        """Members' mean loss and accuracy; per-member sums for the epoch (training only)."""
-        losses = self.net.member_losses(y_hat.detach(), y)  # (K,)
-        batch_size = x.shape[0]
-        self.log(f"{stage}/loss", losses.mean(), on_step=False, on_epoch=True,
-                 batch_size=batch_size, sync_dist=True)
-        accuracy = None
-        if self.classifies:
-            correct = (self.net.probability(y_hat.detach()) > 0.5) == (y > 0.5)  # (K, B, 1)
-            accuracy = correct.flatten(1).float().mean(1)  # (K,)
-            self.log(f"{stage}/acc", accuracy.mean(), on_step=False, on_epoch=True,
-                     batch_size=batch_size, sync_dist=True)
-        if stage != "train":
+    def _add_to_epoch(self, loss: Tensor, y_hat: Tensor, y: Tensor, batch_size: int) -> None:
+        """Add a training step to the epoch's loss and accuracy, which are logged at its end.
+
+        Calling ``self.log`` on every step costs more than the whole step on XOR; summing here
+        as ``self.log`` would (loss times batch size) gives the same epoch means.
+        """
+        self._epoch_rows += batch_size
+        if self.net.population > 1:
+            losses, accuracy = self._member_figures(y_hat, y)
+            self.member_loss_sum = self.member_loss_sum + losses * batch_size
+            if accuracy is not None:
+                self.member_acc_sum = self.member_acc_sum + accuracy * batch_size
             return
-        # The target-loss stop watches the worst member: the run ends once all reached it.
-        self.log("train/loss_max", losses.max(), on_step=False, on_epoch=True,
-                 batch_size=batch_size, sync_dist=True)
-        self.member_loss_sum = self.member_loss_sum + losses * batch_size
-        if accuracy is not None:
-            self.member_acc_sum = self.member_acc_sum + accuracy * batch_size
-        self.member_rows += batch_size
+        weighted = loss.detach() * batch_size
+        self._epoch_loss = weighted if self._epoch_loss is None else self._epoch_loss + weighted
+        if self.classifies:
+            self.train_acc.update(self.net.probability(y_hat.detach()), y)
+
+    def _member_figures(self, y_hat: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Each member's loss and (for a classifier) accuracy on the batch, (K,) each."""
+        losses = self.net.member_losses(y_hat.detach(), y)
+        if not self.classifies:
+            return losses, None
+        correct = (self.net.probability(y_hat.detach()) > 0.5) == (y > 0.5)  # (K, B, 1)
+        return losses, correct.flatten(1).float().mean(1)
+
+    @property
+    def member_rows(self) -> int:
+        """Rows of the current training epoch so far (read by PopulationTracker)."""
+        return self._epoch_rows
 
     def on_train_epoch_start(self) -> None:
-        self.member_loss_sum, self.member_acc_sum, self.member_rows = 0.0, 0.0, 0
+        self._epoch_loss, self._epoch_rows = None, 0
+        self.member_loss_sum, self.member_acc_sum = 0.0, 0.0
+
+    def on_train_epoch_end(self) -> None:
+        if not self._epoch_rows:
+            return
+        if self.net.population > 1:
+            losses = self.member_loss_sum / self._epoch_rows  # (K,)
+            self.log("train/loss", losses.mean(), on_step=False, on_epoch=True, batch_size=1,
+                     sync_dist=True)
+            # The target-loss stop watches the worst member: the run ends once all reached it.
+            self.log("train/loss_max", losses.max(), on_step=False, on_epoch=True,
+                     batch_size=1, sync_dist=True)
+            if self.classifies:
+                self.log("train/acc", (self.member_acc_sum / self._epoch_rows).mean(),
+                         on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
+            return
+        # Lightning calls this before EarlyStopping and ModelCheckpoint look at train/loss.
+        # batch_size=1: the value is already the epoch's mean, weighted by batch size. Under DDP,
+        # sync_dist then averages the processes' means, which hold equally many rows.
+        self.log("train/loss", self._epoch_loss / self._epoch_rows, on_step=False,
+                 on_epoch=True, batch_size=1, sync_dist=True)
+        if self.classifies:
+            # compute() combines every DDP process's counts itself.
+            self.log("train/acc", self.train_acc.compute(), on_step=False, on_epoch=True,
+                     batch_size=1)
+            self.train_acc.reset()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")

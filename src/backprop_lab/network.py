@@ -12,10 +12,15 @@ from backprop_lab.manual_backward import (
     REDUCTIONS,
     MLPFunction,
     bce_with_logits,
+    fused_mlp_loss,
     squared_error,
 )
 
 BACKWARDS = ("manual", "autograd")
+# How the manual backward is computed: "readable" runs MLPFunction and the loss Functions, the
+# derivation step by step; "fused" runs FusedMLPLossFunction, the same derivation rearranged
+# into as few operations as possible. Autograd mode ignores it.
+MANUAL_IMPLS = ("readable", "fused")
 LOSSES = ("mse", "half_mse", "bce")
 INIT_SCHEMES = ("uniform", "normal", "glorot_uniform")
 
@@ -54,6 +59,10 @@ class MLP(nn.Module):
     member dimension, ``layers[l].weight`` (K, n_l, n_{l-1}) and ``layers[l].bias`` (K, n_l),
     the output is (K, B, n_outputs) for a shared batch x (B, n_inputs), and the loss is the sum
     of the members' losses, so that each member's gradient is its own.
+
+    ``manual_impl`` (see ``MANUAL_IMPLS``) picks how manual mode computes the gradients. The
+    fused one differentiates the loss only, so it applies where the loss is taken
+    (``forward_and_loss``, ``gradients``); ``forward`` alone always runs ``MLPFunction``.
     """
 
     # The Function the manual mode runs; a test may put a deliberately wrong one here.
@@ -72,6 +81,7 @@ class MLP(nn.Module):
         loss: str = "mse",
         reduction: str = "mean",
         population: int = 1,
+        manual_impl: str = "readable",
     ) -> None:
         super().__init__()
         if isinstance(population, bool) or not isinstance(population, int) or population < 1:
@@ -85,14 +95,20 @@ class MLP(nn.Module):
             if name not in ACTIVATIONS:
                 raise ValueError(f"activation {name!r} is not one of {', '.join(ACTIVATIONS)}")
         for value, name, allowed in ((backward, "backward", BACKWARDS), (loss, "loss", LOSSES),
-                                     (reduction, "reduction", REDUCTIONS)):
+                                     (reduction, "reduction", REDUCTIONS),
+                                     (manual_impl, "manual_impl", MANUAL_IMPLS)):
             if value not in allowed:
                 raise ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+        if population > 1 and backward == "manual" and manual_impl == "fused":
+            # Limitation: the fused Function's products are written for one network.
+            raise ValueError(f"population={population} runs the readable manual backward only; "
+                             "manual_impl=fused takes one network")
         if loss == "bce" and output_activation != "identity":
             raise ValueError(f"loss=bce takes the output as logits; output_activation="
                              f"{output_activation!r} must be 'identity'")
 
         self.backward = backward
+        self.manual_impl = manual_impl
         self.loss_name = loss
         self.reduction = reduction
         self.activations = tuple(activations)
@@ -164,6 +180,16 @@ class MLP(nn.Module):
         per_member = elements.flatten(1)
         return per_member.mean(1) if self.reduction == "mean" else per_member.sum(1)
 
+    def forward_and_loss(self, x: Tensor, y: Tensor,
+                         backward: str | None = None) -> tuple[Tensor, Tensor]:
+        """``(y_hat, loss)`` for a batch; in fused manual mode both come from one Function."""
+        if (backward or self.backward) == "manual" and self.manual_impl == "fused":
+            loss, y_hat = fused_mlp_loss(x, y, self.activations, self.loss_name, self.reduction,
+                                         *self._params())
+            return y_hat, loss
+        y_hat = self(x, backward)
+        return y_hat, self.loss(y_hat, y, backward)
+
     def probability(self, y_hat: Tensor) -> Tensor:
         """The output read as the probability of class 1 (sigmoid of the logits under bce)."""
         return torch.sigmoid(y_hat) if self.loss_name == "bce" else y_hat
@@ -172,7 +198,7 @@ class MLP(nn.Module):
         """dL/dw for every trainable weight by the given backward, leaving ``.grad`` untouched."""
         named = {n: t for n, t in self.named_weights().items() if t is not None and t.requires_grad}
         with torch.enable_grad():
-            loss = self.loss(self(x, backward), y, backward)
+            _, loss = self.forward_and_loss(x, y, backward)
             grads = torch.autograd.grad(loss, list(named.values()))
         return dict(zip(named, grads))
 

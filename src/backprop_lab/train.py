@@ -12,6 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from backprop_lab.config_checks import ConfigError
+from backprop_lab.fast_help import fast_help
 from backprop_lab.hydra_errors import one_line, preflight
 from backprop_lab.metrics_file import METRICS_FILE, write_metrics
 from backprop_lab.run import DDP_JOB_ARGS, is_rank_zero, train, validate
@@ -141,12 +142,17 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    """Console entry point: reject bad overrides in one line, then hand over to Hydra."""
+    """Console entry point: answer --help quickly, reject bad overrides in one line, then hand
+    over to Hydra."""
     job_args = os.environ.get(DDP_JOB_ARGS)
     if job_args and os.environ.get("LOCAL_RANK", "0") != "0":
         # A DDP process started by Lightning: run the job it belongs to, not the command line
         # (which, in a multirun, is the whole sweep).
         sys.argv[1:] = json.loads(job_args)
+    help_text = fast_help(sys.argv[1:], CONFIG_MODULE, CONFIG_NAME)
+    if help_text is not None:
+        print(help_text)
+        return
     preflight(sys.argv[1:], CONFIG_MODULE, CONFIG_NAME, validate, prog="backprop-train")
     hydra_main()
 
