@@ -261,12 +261,12 @@ def measure_loops(steps: int, min_run_time: float, rounds: int = 1) -> list[Loop
     """
     import lightning  # noqa: F401  (imported first: it attaches log handlers on import)
 
-    from backprop_lab.run import _route_lightning_logs
+    from backprop_lab.run import route_lightning_logs
 
     # The warnings and log lines backprop-train silences too; the tables are the output here.
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\).*")
-    _route_lightning_logs()
+    route_lightning_logs()
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     best: dict[str, LoopFigures] = {}

@@ -360,7 +360,7 @@ def _fused_pass(x, y, activations, loss, reduction, needs, params):
     if loss == "bce":
         z = y_hat_loss
         elements = z.clamp(min=0) - z * y + torch.log1p(torch.exp(-z.abs()))
-        value = _reduce(elements, reduction)
+        value = _reduce(elements, reduction, 1)
         # dL/dz = sigmoid(z) - y per element: the sigmoid's derivative cancels the log's.
         delta = torch.sigmoid(z).sub_(y) if needs is not None else None
     else:
