@@ -217,7 +217,7 @@ def test_fast_help_prints_exactly_what_hydras_help_prints(args):
     assert hydra.returncode == 0, hydra.stderr[-2000:]
     ours = fast_help(args, CONFIG_MODULE, CONFIG_NAME)
     assert ours + "\n" == hydra.stdout
-    assert "data: blobs, breast_cancer, circles, csv, moons, spiral, xor\n" in ours
+    assert "data: blobs, breast_cancer, circles, csv, moons, rows, spiral, xor\n" in ours
 
 
 @pytest.mark.parametrize("args", [["--hydra-help"], ["--help", "--resolve"],
