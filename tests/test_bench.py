@@ -51,9 +51,11 @@ def test_smoke_run_writes_both_tables_with_every_mode_and_batch_size(smoke_table
 
 def test_smoke_run_values_are_finite_and_positive(smoke_table):
     steps, loops = tables(smoke_table)
-    for row in steps[1:] + loops[1:]:
-        values = [number(cell) for cell in row[2 if row in steps[1:] else 1:]]
-        assert all(math.isfinite(v) and v > 0 for v in values), row
+    # Step rows start with batch and mode, loop rows with the mode; numbers follow.
+    numeric = [row[2:] for row in steps[1:]] + [row[1:] for row in loops[1:]]
+    for cells in numeric:
+        values = [number(cell) for cell in cells]
+        assert all(math.isfinite(v) and v > 0 for v in values), cells
     autograd_rows = [row for row in steps[1:] if row[1] == "autograd"]
     # Ratios against autograd are 1 on autograd's own rows, whatever the timings.
     assert {row[6] for row in autograd_rows} == {row[7] for row in autograd_rows} == {"1.00x"}

@@ -222,7 +222,10 @@ def test_fast_help_prints_exactly_what_hydras_help_prints(args):
 
 @pytest.mark.parametrize("args", [["--hydra-help"], ["--help", "--resolve"],
                                   ["-m", "seed=0,1", "--help"], ["model.backward=autograd"],
-                                  ["hydra.help.template=$HYDRA_CONFIG_GROUPS", "--help"]])
+                                  ["hydra.help.template=$HYDRA_CONFIG_GROUPS", "--help"],
+                                  ["trainer=tpu", "--help"]],
+                         ids=["hydra_help", "resolve", "multirun", "no_help", "template",
+                              "bad_override"])
 def test_fast_help_leaves_every_other_form_to_hydra(args):
     from backprop_lab.fast_help import fast_help
 

@@ -11,6 +11,7 @@ import torch
 
 from backprop_lab.network import MLP
 from backprop_lab.run import train
+from backprop_lab.train import format_summary
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # Groups whose every option a run must accept; hydra/ and paths/ are exercised by every run.
@@ -165,6 +166,8 @@ def test_fused_manual_backward_trains_xor_along_the_readable_trajectory(make_cfg
             for impl in ("readable", "fused")}
     fused = runs["fused"]
     assert fused["status"] == "completed" and fused["steps"] == 200
+    assert (fused["manual_impl"], runs["readable"]["manual_impl"]) == ("fused", "readable")
+    assert "[backward=manual (fused), loss=mse" in format_summary(fused)
     assert fused["parity"]["checks"] == 10 and fused["parity"]["failure"] is None
     assert max(fused["parity"]["max_rel"].values()) < 1e-4
 

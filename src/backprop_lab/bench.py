@@ -354,14 +354,16 @@ def write_markdown(out: Path, command: str, info: dict, steps: list[list[str]],
         f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} "
         f"({info['torch_threads']} threads), Python {info['python']}.",
         "## One step of the 2-2-1 sigmoid network with mse, by batch size",
-        "Fastest of the rounds' medians. forward: network and loss (the fused mode's also derives the gradients); "
-        "step: zero_grad, forward, backward and an SGD update (lr 1, momentum 0.9); peak: the "
+        "Fastest of the rounds' medians. forward: network and loss (the fused mode's also "
+        "derives the gradients); step: zero_grad, forward, backward and an SGD update (lr 1, "
+        "momentum 0.9); peak: the "
         "most tensor memory alive during one step, inputs included. speed-up: autograd's "
         "step time over this mode's; memory: this mode's peak over autograd's.",
         markdown_table(STEP_COLUMNS, steps),
         "## A training step on XOR: Lightning against a plain PyTorch loop",
-        "Fastest of the rounds' median time from one step's start to the next's. bare: a Trainer with no callbacks, "
-        "logger or progress bar; as run: the callbacks and CSV logger of backprop-train.",
+        "Fastest of the rounds' median time from one step's start to the next's. bare: a "
+        "Trainer with no callbacks, logger or progress bar; as run: the callbacks and CSV "
+        "logger of backprop-train.",
         markdown_table(LOOP_COLUMNS, loops),
     ]) + "\n"
     path = out / TABLE_FILE

@@ -49,8 +49,13 @@ def fast_help(args: list[str], config_module: str, config_name: str) -> str | No
 
     from hydra import compose, initialize_config_module
 
-    with initialize_config_module(config_module, version_base="1.3"):
-        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    try:
+        with initialize_config_module(config_module, version_base="1.3"):
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    except Exception:  # noqa: BLE001 - Hydra reports a bad override in its own words
+        return None
+    if cfg.hydra.searchpath:
+        return None  # groups may come from elsewhere than the config package
     template = string.Template(cfg.hydra.help.template)
     used = {m.group("named") or m.group("braced") for m in template.pattern.finditer(
         template.template)} - {None}

@@ -414,9 +414,9 @@ class FusedMLPLossFunction(torch.autograd.Function):
     The derivation of ``MLPFunction`` followed by the loss Functions, rearranged for speed:
     the loss is a scalar, so dL/dw is known as soon as the forward has run, and the backward
     only multiplies it by ``grad_loss``. Each layer is one ``addmm`` (or, for up to four
-    inputs, several units and many rows, a few broadcast multiply-adds), the activations and the deltas are
-    applied in place on buffers this Function allocated, and only the gradients are
-    kept, so nothing of batch size outlives the call but ``y_hat``.
+    inputs, several units and many rows, a few broadcast multiply-adds), the activations and
+    the deltas are applied in place on buffers this Function allocated, and only the
+    gradients are kept, so nothing of batch size outlives the call but ``y_hat``.
 
     Call as ``FusedMLPLossFunction.apply(x, y, activations, loss, reduction, want_grads,
     w_1, b_1, ..., w_L, b_L)``: the arguments of ``MLPFunction`` plus ``y`` (B, n_L),
@@ -449,6 +449,8 @@ class FusedMLPLossFunction(torch.autograd.Function):
                 value, y_hat, grads = _fused_pass(x, y, activations, loss, reduction, needs,
                                                   params)
 
+        # Limitation: y_hat is not differentiable; this Function derives the loss's gradients
+        # only, so an objective built on y_hat itself needs MLPFunction.
         ctx.mark_non_differentiable(y_hat)
         ctx.factor = _loss_factor(loss, reduction, y_hat.numel())
         ctx.has_grad = None

@@ -434,6 +434,7 @@ def train(cfg: DictConfig) -> dict:
     metrics = {
         "status": "failed",
         "backward": cfg.model.backward,
+        "manual_impl": cfg.model.get("manual_impl", "readable"),
         "loss": cfg.model.loss,
         "seed": cfg.seed,
         "target_loss": cfg.get("target_loss"),

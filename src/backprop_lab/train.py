@@ -32,10 +32,13 @@ def format_summary(metrics: dict) -> str:
             return f"{stage}: -"
         return f"{stage}: loss {loss:.6g}" + ("" if acc is None else f"  acc {acc:.3f}")
 
+    backward = metrics["backward"]
+    if backward == "manual" and metrics.get("manual_impl", "readable") != "readable":
+        backward += f" ({metrics['manual_impl']})"
     lines = [
         f"{metrics['status']} ({metrics.get('stop_reason', '')}): "
         f"{metrics.get('epochs')} epochs, {metrics.get('steps')} steps, "
-        f"{metrics['wall_seconds']:.1f} s  [backward={metrics['backward']}, "
+        f"{metrics['wall_seconds']:.1f} s  [backward={backward}, "
         f"loss={metrics['loss']}, seed={metrics['seed']}]",
         "  " + "  |  ".join(pair(stage) for stage in ("train", "val", "test")),
         f"  outputs: {metrics['output_dir']}",
