@@ -27,6 +27,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from backprop_lab import bench_population
+
 log = logging.getLogger(__name__)
 
 # Mode name -> (MLP backward, MLP manual_impl).
@@ -345,8 +347,9 @@ def markdown_table(columns, rows) -> str:
 
 
 def write_markdown(out: Path, command: str, info: dict, steps: list[list[str]],
-                   loops: list[list[str]]) -> Path:
-    """``out/throughput.md``: the command, the machine and both tables."""
+                   loops: list[list[str]], extra: list[tuple] = ()) -> Path:
+    """``out/throughput.md``: the command, the machine and the tables; ``extra`` holds more
+    sections as (title, explanation, columns, rows)."""
     out.mkdir(parents=True, exist_ok=True)
     text = "\n\n".join([
         "# Training-step throughput",
@@ -365,19 +368,24 @@ def write_markdown(out: Path, command: str, info: dict, steps: list[list[str]],
         "Trainer with no callbacks, logger or progress bar; as run: the callbacks and CSV "
         "logger of backprop-train.",
         markdown_table(LOOP_COLUMNS, loops),
+        *[part for title, text, columns, rows in extra
+          for part in (f"## {title}", text, markdown_table(columns, rows))],
     ]) + "\n"
     path = out / TABLE_FILE
     path.write_text(text)
     return path
 
 
-def print_tables(steps: list[list[str]], loops: list[list[str]]) -> None:
+def print_tables(steps: list[list[str]], loops: list[list[str]], extra: list[tuple] = ()
+                 ) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    for title, columns, rows in (("one training step by batch size", STEP_COLUMNS, steps),
-                                 ("Lightning vs a plain loop on XOR", LOOP_COLUMNS, loops)):
+    tables = [("one training step by batch size", STEP_COLUMNS, steps),
+              ("Lightning vs a plain loop on XOR", LOOP_COLUMNS, loops),
+              *[(title, columns, rows) for title, _, columns, rows in extra]]
+    for title, columns, rows in tables:
         table = Table(title=title)
         for i, column in enumerate(columns):
             table.add_column(column, justify="left" if i < 2 else "right")
@@ -403,6 +411,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None,
                         help="times each case is measured, keeping the fastest (default: 3; "
                              "--smoke: 1)")
+    parser.add_argument("--populations", type=int, nargs="+", default=None, metavar="K",
+                        help="population sizes to time (default: 1 10 100 1000; --smoke: 1 4)")
+    parser.add_argument("--study-members", type=int, default=None, metavar="K",
+                        help="seeds per mode in the timed XOR study, 0 to skip it (default: "
+                             "1000; --smoke: 3, for 5 epochs)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes and short timings, to check that the command works")
     args = parser.parse_args(argv)
@@ -410,17 +423,30 @@ def main(argv: list[str] | None = None) -> int:
     min_run_time = args.min_run_time or (0.01 if args.smoke else 0.5)
     steps = args.steps or (8 if args.smoke else 400)
     rounds = args.rounds or (1 if args.smoke else 3)
-    if any(b < 1 for b in batch_sizes) or min_run_time <= 0 or steps < 4 or rounds < 1:
-        parser.error("batch sizes must be at least 1, --min-run-time above 0, --steps at "
-                     "least 4 and --rounds at least 1")
+    populations = args.populations or (bench_population.SMOKE_POPULATIONS if args.smoke
+                                       else bench_population.POPULATIONS)
+    study_members = args.study_members if args.study_members is not None else (
+        3 if args.smoke else bench_population.STUDY_POPULATION)
+    if any(b < 1 for b in batch_sizes) or min_run_time <= 0 or steps < 4 or rounds < 1 \
+            or any(k < 1 for k in populations) or study_members < 0:
+        parser.error("batch sizes and populations must be at least 1, --min-run-time above 0, "
+                     "--steps at least 4, --rounds at least 1 and --study-members at least 0")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     info = machine()
     steps_table = step_rows(measure_modes(batch_sizes, min_run_time, rounds))
     loops_table = loop_rows(measure_loops(steps, min_run_time, rounds))
+    extra = [("Populations: K networks in one training step", bench_population.SCALING_TEXT,
+              bench_population.SCALING_COLUMNS, bench_population.population_rows(
+                  bench_population.measure_population(populations, min_run_time, rounds)))]
+    if study_members:
+        row = bench_population.time_study(
+            study_members, ("trainer.max_epochs=5",) if args.smoke else ())
+        extra.append(("The many-seed study, end to end", bench_population.STUDY_TEXT,
+                      bench_population.STUDY_COLUMNS, [row]))
     command = " ".join(["backprop-bench", *(sys.argv[1:] if argv is None else argv)])
-    print_tables(steps_table, loops_table)
-    path = write_markdown(args.out, command, info, steps_table, loops_table)
+    print_tables(steps_table, loops_table, extra)
+    path = write_markdown(args.out, command, info, steps_table, loops_table, extra)
     print(f"table: {path}")
     return 0
 
