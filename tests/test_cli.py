@@ -1,8 +1,10 @@
 """The ``backprop-train`` command: a real subprocess run, and one-line errors for bad input."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -230,3 +232,28 @@ def test_fast_help_leaves_every_other_form_to_hydra(args):
     from backprop_lab.fast_help import fast_help
 
     assert fast_help(args, CONFIG_MODULE, CONFIG_NAME) is None
+
+
+def test_ctrl_c_keeps_a_resumable_run_and_exits_130(tmp_path):
+    process = subprocess.Popen(
+        [str(SCRIPT), f"paths.log_dir={tmp_path}", "trainer.max_epochs=1000000",
+         "target_loss=null", "plots=false"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A background process may inherit SIGINT ignored; a user's Ctrl-C is not.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 120
+    # Interrupt once training is under way: the first periodic checkpoint is on disk.
+    while not list(tmp_path.glob("train/runs/*/checkpoints/*.ckpt")):
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 130, stderr[-2000:]
+    (run,) = tmp_path.glob("train/runs/*")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and metrics["steps"] >= 500
+    assert metrics["stop_reason"] == "interrupted by a signal (Ctrl-C)"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}" in stdout
