@@ -18,3 +18,21 @@ def make_cfg(tmp_path):
             )
 
     return _make
+
+
+@pytest.fixture
+def refusal(capsys):
+    """Run a command's pre-flight check on ``args``; assert it exits 2 with one line, and
+    return that line."""
+    from backprop_lab.hydra_errors import preflight
+    from backprop_lab.run import validate
+
+    def _refused(args, config_name=CONFIG_NAME, check=validate, prog="backprop-train"):
+        with pytest.raises(SystemExit) as exit_info:
+            preflight(args, CONFIG_MODULE, config_name, check, prog=prog)
+        assert exit_info.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), lines
+        return lines[0]
+
+    return _refused

@@ -15,7 +15,6 @@ from backprop_lab.data import MoonsDataModule
 from backprop_lab.eval import CONFIG_NAME as EVAL_CONFIG, PROG
 from backprop_lab.eval import _validate as validate_eval
 from backprop_lab.evaluation import evaluate
-from backprop_lab.hydra_errors import preflight
 from backprop_lab.module import BackpropModule
 from backprop_lab.run import train
 from backprop_lab.train import CONFIG_MODULE, CONFIG_NAME
@@ -88,7 +87,7 @@ def test_regression_checkpoint_predicts_one_column_per_output(make_cfg, tmp_path
     table = tmp_path / "table.csv"
     table.write_text("a,b,u,v\n" + "".join(f"{i},{i % 3},{i / 10},{1 - i / 20}\n"
                                             for i in range(12)))
-    run = train(make_cfg(f"data=csv", f"data.path={table}", "data.target=[u,v]",
+    run = train(make_cfg("data=csv", f"data.path={table}", "data.target=[u,v]",
                          "model.output_activation=identity", "trainer.max_epochs=3",
                          "target_loss=null"))
     points = tmp_path / "points.csv"
@@ -120,7 +119,7 @@ def test_regression_checkpoint_predicts_one_column_per_output(make_cfg, tmp_path
          "predict: CSV file {partial} has no column 'x2'"),
     ],
 )
-def test_bad_eval_input_exits_2_with_one_line_and_writes_nothing(moons_run, tmp_path, capsys,
+def test_bad_eval_input_exits_2_with_one_line_and_writes_nothing(moons_run, tmp_path, refusal,
                                                                  overrides, expected):
     files = {"points": tmp_path / "points.txt", "wide": tmp_path / "wide.csv",
              "nan": tmp_path / "nan.csv", "partial": tmp_path / "partial.csv"}
@@ -133,11 +132,7 @@ def test_bad_eval_input_exits_2_with_one_line_and_writes_nothing(moons_run, tmp_
                         "['mean radius','mean texture','mean area']").format(**names)
             for arg in overrides]
     logs = tmp_path / "logs"
-    with pytest.raises(SystemExit) as exit_info:
-        preflight([*args, f"paths.log_dir={logs}"], CONFIG_MODULE, EVAL_CONFIG, validate_eval,
-                  prog=PROG)
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{PROG}: error: ")
-    assert expected.format(**names) in lines[0]
+    line = refusal([*args, f"paths.log_dir={logs}"], config_name=EVAL_CONFIG,
+                   check=validate_eval, prog=PROG)
+    assert expected.format(**names) in line
     assert not logs.exists()

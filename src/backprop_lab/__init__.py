@@ -1,3 +1,3 @@
-"""backprop-lab: a hand-derived backward pass for a small sigmoid network, checked against autograd."""
+"""backprop-lab: hand-derived backward passes for small networks, checked against autograd."""
 
 __version__ = "0.1.0"

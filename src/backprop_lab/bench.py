@@ -93,7 +93,6 @@ def peak_step_memory(step) -> int:
     Read from the memory timeline of torch's profiler, which sees every tensor the CPU
     allocator hands out (tracemalloc does not: torch allocates outside Python's allocator).
     """
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,

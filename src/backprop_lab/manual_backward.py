@@ -91,8 +91,9 @@ class MLPFunction(torch.autograd.Function):
     Call as ``MLPFunction.apply(x, activations, w_1, b_1, ..., w_L, b_L)`` with ``x`` (B, n_0),
     ``w_l`` (n_l, n_{l-1}), ``b_l`` (n_l,) or None, and ``activations`` a tuple of L names from
     ``ACTIVATIONS``; for a population, ``w_l`` (K, n_l, n_{l-1}) and ``b_l`` (K, n_l), and the
-    outputs gain the member dimension. Returns ``y_hat`` (B, n_L), then the hidden activations a_1 .. a_{L-1},
-    which are returned only so that the backward can keep them without a second forward.
+    outputs gain the member dimension. Returns ``y_hat`` (B, n_L), then the hidden
+    activations a_1 .. a_{L-1}, which are returned only so that the backward can keep them
+    without a second forward.
     """
 
     @staticmethod
@@ -267,7 +268,8 @@ class BCEWithLogitsFunction(torch.autograd.Function):
 
 
 def mlp(x: Tensor, activations: tuple[str, ...], *params: Tensor | None) -> Tensor:
-    """``y_hat`` of the perceptron with weights ``w_1, b_1, ..., w_L, b_L``, by the manual backward."""
+    """``y_hat`` of the perceptron with weights ``w_1, b_1, ..., w_L, b_L``, differentiated by
+    the manual backward."""
     return MLPFunction.apply(x, tuple(activations), *params)[0]
 
 

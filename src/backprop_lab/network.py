@@ -267,9 +267,8 @@ class MLP(nn.Module):
                 raise ValueError(f"init weights: {name}={value!r} is not a nested list of numbers "
                                  f"of shape {shape}") from None
             if tuple(given.shape) != shape:
-                raise ValueError(
-                    f"init weights: {name} has shape {tuple(given.shape)}, the network needs {shape}"
-                )
+                raise ValueError(f"init weights: {name} has shape {tuple(given.shape)}, the "
+                                 f"network needs {shape}")
             if not torch.isfinite(given).all():
                 raise ValueError(f"init weights: {name}={value!r} holds NaN or infinite values")
             current[name].copy_(given)
