@@ -112,6 +112,21 @@ def _readable_log_axis(ax) -> None:
         ax.yaxis.set_minor_formatter(plain)
 
 
+def _finish_log_plot(fig: Figure, ax, ylabel: str, title: str, drawn: bool,
+                     empty_text: str) -> None:
+    """Log-scale y against step, grid and a legend below; ``empty_text`` when nothing drawn."""
+    ax.set_yscale("log")
+    _readable_log_axis(ax)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+    if drawn:
+        _legend_below(fig, ax)
+    else:
+        ax.text(0.5, 0.5, empty_text, ha="center", va="center", transform=ax.transAxes)
+
+
 def _scatter_data(ax, x: np.ndarray | None, y: np.ndarray | None, legend: bool) -> None:
     if x is None:
         return
@@ -169,16 +184,8 @@ def loss_curves(
             grid, np.median(stacked, axis=0), color=colour, linestyle=style, linewidth=2.5,
             label=f"{label} (median of {len(clean)})",
         )
-    ax.set_yscale("log")
-    _readable_log_axis(ax)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title(title or "Training loss")
-    ax.grid(True, which="major", alpha=0.3)
-    if drawn:
-        _legend_below(fig, ax)
-    else:
-        ax.text(0.5, 0.5, "no loss history", ha="center", va="center", transform=ax.transAxes)
+    _finish_log_plot(fig, ax, "training loss", title or "Training loss", drawn,
+                     "no loss history")
     return _save(fig, path)
 
 
@@ -324,16 +331,9 @@ def gradient_difference(
     if tolerance is not None:
         ax.axhline(tolerance, color="black", linestyle="--", linewidth=1,
                    label=f"tolerance {tolerance:g}")
-    ax.set_yscale("log")
-    _readable_log_axis(ax)
-    ax.set_xlabel("step")
-    ax.set_ylabel("max |manual - autograd| of the gradient")
-    ax.set_title(f"Manual backward against autograd (exact zeros drawn at {floor:.0e})")
-    ax.grid(True, which="major", alpha=0.3)
-    if worst:
-        _legend_below(fig, ax)
-    else:
-        ax.text(0.5, 0.5, "no parity checks", ha="center", va="center", transform=ax.transAxes)
+    _finish_log_plot(fig, ax, "max |manual - autograd| of the gradient",
+                     f"Manual backward against autograd (exact zeros drawn at {floor:.0e})",
+                     bool(worst), "no parity checks")
     return _save(fig, path)
 
 
